@@ -1,0 +1,162 @@
+//! Types and names shared by Hawk's BPF programs (`hawk-ebpf`) and its userspace
+//! (`hawk-userspace`).
+//!
+//! Everything here is `#[repr(C)]` with explicit fields and no hidden padding:
+//! the kernel hashes map keys byte for byte, so a padding byte with garbage in
+//! it would split one stack into many. The `const` assertions at the bottom
+//! keep the layouts honest.
+//!
+//! Feature `user` adds the `aya::Pod` impls userspace needs to read the maps.
+#![no_std]
+
+/// Deepest stack the kernel records (the kernel's `PERF_MAX_STACK_DEPTH`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// Names of the BPF maps, as the loader looks them up.
+pub mod maps {
+    /// `BPF_MAP_TYPE_STACK_TRACE`: stack id → up to 127 instruction pointers.
+    pub const STACKS: &str = "STACKS";
+    /// Hash map `SampleKey` → `SampleValue`: CPU samples aggregated in the kernel.
+    pub const CPU_COUNTS: &str = "CPU_COUNTS";
+    /// Hash map tgid → 1: the processes to sample when `FILTER_PIDS` is set.
+    pub const PIDS: &str = "PIDS";
+    /// LRU hash `pid_tgid` (u64) → `TraceContext`: the span each thread serves.
+    /// Same layout as the OpenTelemetry eBPF instrumentation's `traces_ctx_v1`.
+    pub const TRACE_CTX: &str = "TRACE_CTX";
+    /// Per-CPU array of u64 counters, indexed by [`crate::stats`].
+    pub const STATS: &str = "STATS";
+}
+
+/// Names of the BPF programs in the object.
+pub mod programs {
+    /// perf_event program sampling on-CPU stacks.
+    pub const CPU_SAMPLE: &str = "hawk_cpu_sample";
+    /// uprobe on the shim's `hawk_trace_context_set` marker.
+    pub const TRACE_CONTEXT_SET: &str = "hawk_trace_context_set";
+}
+
+/// Names of the global variables the loader sets before loading.
+pub mod globals {
+    /// u8: when non-zero only tgids present in `PIDS` are sampled.
+    pub const FILTER_PIDS: &str = "FILTER_PIDS";
+    /// u8: bit set of [`crate::STACK_USER`] and [`crate::STACK_KERNEL`].
+    pub const STACK_MODE: &str = "STACK_MODE";
+}
+
+/// Record user stacks.
+pub const STACK_USER: u8 = 1;
+/// Record kernel stacks.
+pub const STACK_KERNEL: u8 = 2;
+
+/// A stack id field that was not recorded (mode excluded it).
+pub const STACK_ID_NONE: i32 = -1_000;
+
+/// Indexes into the `STATS` per-CPU array.
+pub mod stats {
+    /// Samples taken (after pid filtering).
+    pub const SAMPLES: u32 = 0;
+    /// Samples whose user or kernel stack was lost: the stack map was full or
+    /// its bucket held another stack (`-EEXIST` / `-ENOMEM`).
+    pub const STACK_ERRORS: u32 = 1;
+    /// Samples dropped because the counts map was full.
+    pub const COUNTS_FULL: u32 = 2;
+    /// Samples that carried a trace context.
+    pub const TRACED_SAMPLES: u32 = 3;
+    /// Number of counters.
+    pub const LEN: u32 = 4;
+}
+
+/// The trace context of a thread: W3C ids in network byte order.
+///
+/// This is the value layout of OpenTelemetry's eBPF `traces_ctx_v1` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
+
+impl TraceContext {
+    /// Builds the context from the marker's arguments (`hi`, `lo`, `span`),
+    /// mapping them big-endian onto the W3C ids.
+    pub const fn from_args(trace_id_hi: u64, trace_id_lo: u64, span_id: u64) -> Self {
+        let hi = trace_id_hi.to_be_bytes();
+        let lo = trace_id_lo.to_be_bytes();
+        let mut trace_id = [0u8; 16];
+        let mut i = 0;
+        while i < 8 {
+            trace_id[i] = hi[i];
+            trace_id[8 + i] = lo[i];
+            i += 1;
+        }
+        Self {
+            trace_id,
+            span_id: span_id.to_be_bytes(),
+        }
+    }
+
+    /// True when no trace is set (all-zero trace id).
+    pub fn is_empty(&self) -> bool {
+        self.trace_id == [0; 16]
+    }
+}
+
+/// Key of the in-kernel CPU sample aggregation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SampleKey {
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Id in `STACKS`, or a negative errno / [`STACK_ID_NONE`].
+    pub user_stack_id: i32,
+    /// Id in `STACKS`, or a negative errno / [`STACK_ID_NONE`].
+    pub kernel_stack_id: i32,
+    /// The thread's trace context at the time of the sample (zero: none).
+    pub trace: TraceContext,
+}
+
+/// Value of the in-kernel CPU sample aggregation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleValue {
+    /// Samples seen for the key.
+    pub count: u64,
+    /// The thread's `comm` when the key was first seen.
+    pub comm: [u8; 16],
+}
+
+// No hidden padding: sizes are the sums of the fields.
+const _: () = assert!(core::mem::size_of::<TraceContext>() == 24);
+const _: () = assert!(core::mem::size_of::<SampleKey>() == 4 * 4 + 24);
+const _: () = assert!(core::mem::size_of::<SampleValue>() == 8 + 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, repr(C), no padding (asserted above).
+    unsafe impl aya::Pod for super::TraceContext {}
+    unsafe impl aya::Pod for super::SampleKey {}
+    unsafe impl aya::Pod for super::SampleValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_arguments_map_big_endian_onto_w3c_ids() {
+        // DESIGN.md's example.
+        let ctx = TraceContext::from_args(0x4bf92f3577b34da6, 0xa3ce929d0e0e4736, 0x00f067aa0ba902b7);
+        assert_eq!(
+            ctx.trace_id,
+            [
+                0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+                0x47, 0x36
+            ]
+        );
+        assert_eq!(ctx.span_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert!(!ctx.is_empty());
+        assert!(TraceContext::default().is_empty());
+    }
+}

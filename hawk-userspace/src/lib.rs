@@ -1,0 +1,19 @@
+//! Hawk: a system-wide continuous profiler on eBPF.
+//!
+//! The pipeline, one module each:
+//!
+//! - [`collector`]: loads the BPF programs, attaches them, reads their maps
+//!   (everything that touches the kernel lives here);
+//! - [`symbolize`]: turns addresses into function names (blazesym), cached;
+//! - [`profile`]: the one [`Profile`](profile::Profile) model in the middle;
+//! - [`render`]: Profile → SVG flamegraph, speedscope, Hawk JSON, folded;
+//! - [`output`]: file names and atomic writes;
+//! - [`cli`]: the `hawk-ebpf` command line.
+
+pub mod cli;
+pub mod collector;
+pub mod output;
+pub mod profile;
+pub mod render;
+pub mod symbolize;
+pub mod util;

@@ -1,0 +1,1 @@
+//! Renderers: Profile → SVG flamegraph, speedscope JSON, Hawk JSON, folded stacks.

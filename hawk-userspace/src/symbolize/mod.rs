@@ -1,0 +1,1 @@
+//! Addresses → function names with blazesym, cached per module and offset.

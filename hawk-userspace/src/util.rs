@@ -1,0 +1,1 @@
+//! Small parsers shared by the command line and the daemon (durations).
