@@ -7,7 +7,15 @@
 //! keep the layouts honest.
 //!
 //! Feature `user` adds the `aya::Pod` impls userspace needs to read the maps.
+//! Feature `shim` adds [`shim`], the calling side of the trace-context
+//! contract that instrumented applications link (it needs `std`).
 #![no_std]
+
+#[cfg(feature = "shim")]
+extern crate std;
+
+#[cfg(feature = "shim")]
+pub mod shim;
 
 /// Deepest stack the kernel records (the kernel's `PERF_MAX_STACK_DEPTH`).
 pub const MAX_STACK_DEPTH: usize = 127;
@@ -147,7 +155,8 @@ mod tests {
     #[test]
     fn marker_arguments_map_big_endian_onto_w3c_ids() {
         // DESIGN.md's example.
-        let ctx = TraceContext::from_args(0x4bf92f3577b34da6, 0xa3ce929d0e0e4736, 0x00f067aa0ba902b7);
+        let ctx =
+            TraceContext::from_args(0x4bf92f3577b34da6, 0xa3ce929d0e0e4736, 0x00f067aa0ba902b7);
         assert_eq!(
             ctx.trace_id,
             [
@@ -155,7 +164,10 @@ mod tests {
                 0x47, 0x36
             ]
         );
-        assert_eq!(ctx.span_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert_eq!(
+            ctx.span_id,
+            [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
         assert!(!ctx.is_empty());
         assert!(TraceContext::default().is_empty());
     }

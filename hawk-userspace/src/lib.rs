@@ -5,13 +5,17 @@
 //! - [`collector`]: loads the BPF programs, attaches them, reads their maps
 //!   (everything that touches the kernel lives here);
 //! - [`symbolize`]: turns addresses into function names (blazesym), cached;
+//! - [`correlate`]: raw samples → Profile (frames, process roots, trace ids);
 //! - [`profile`]: the one [`Profile`](profile::Profile) model in the middle;
 //! - [`render`]: Profile → SVG flamegraph, speedscope, Hawk JSON, folded;
 //! - [`output`]: file names and atomic writes;
-//! - [`cli`]: the `hawk-ebpf` command line.
+//! - [`cli`] and [`commands`]: the `hawk-ebpf` command line and what each
+//!   subcommand does.
 
 pub mod cli;
 pub mod collector;
+pub mod commands;
+pub mod correlate;
 pub mod output;
 pub mod profile;
 pub mod render;

@@ -1,1 +1,11 @@
-//! Loads Hawk's BPF programs, attaches them and reads their maps: the only module that talks to the kernel.
+//! Everything that talks to the kernel: loading Hawk's BPF object, checking
+//! privileges and kernel features, attaching the CPU sampler, reading its
+//! maps, and reading `/proc`. It hands plain data ([`cpu::RawSample`]) to the
+//! rest of the pipeline; nothing outside this module knows about BPF.
+
+pub mod bpf;
+pub mod check;
+pub mod cpu;
+pub mod procs;
+
+pub use bpf::CollectorError;

@@ -247,7 +247,11 @@ mod tests {
 
     #[test]
     fn interval_is_the_inverse_of_the_frequency() {
-        let mut m = Metadata::new(ProfileKind::Cpu, SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH);
+        let mut m = Metadata::new(
+            ProfileKind::Cpu,
+            SystemTime::UNIX_EPOCH,
+            SystemTime::UNIX_EPOCH,
+        );
         assert_eq!(m.interval_secs(), None);
         m.frequency_hz = Some(100);
         assert_eq!(m.interval_secs(), Some(0.01));

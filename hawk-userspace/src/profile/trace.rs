@@ -9,13 +9,13 @@ use hawk_common::TraceContext;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdError {
     #[error("trace id must be 32 hex digits, got {0:?}")]
-    TraceId(String),
+    MalformedTrace(String),
     #[error("trace id must not be all zeros")]
-    ZeroTraceId,
+    ZeroTrace,
     #[error("span id must be 16 hex digits, got {0:?}")]
-    SpanId(String),
+    MalformedSpan(String),
     #[error("span id must not be all zeros")]
-    ZeroSpanId,
+    ZeroSpan,
 }
 
 fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -44,9 +44,9 @@ pub struct SpanId(pub [u8; 8]);
 impl FromStr for TraceId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let bytes = parse_hex::<16>(s).ok_or_else(|| IdError::TraceId(s.to_string()))?;
+        let bytes = parse_hex::<16>(s).ok_or_else(|| IdError::MalformedTrace(s.to_string()))?;
         if bytes == [0; 16] {
-            return Err(IdError::ZeroTraceId);
+            return Err(IdError::ZeroTrace);
         }
         Ok(Self(bytes))
     }
@@ -55,9 +55,9 @@ impl FromStr for TraceId {
 impl FromStr for SpanId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let bytes = parse_hex::<8>(s).ok_or_else(|| IdError::SpanId(s.to_string()))?;
+        let bytes = parse_hex::<8>(s).ok_or_else(|| IdError::MalformedSpan(s.to_string()))?;
         if bytes == [0; 8] {
-            return Err(IdError::ZeroSpanId);
+            return Err(IdError::ZeroSpan);
         }
         Ok(Self(bytes))
     }
@@ -102,7 +102,8 @@ mod tests {
         assert_eq!(t.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let s: SpanId = "00F067AA0BA902B7".parse().unwrap();
         assert_eq!(s.to_string(), "00f067aa0ba902b7");
-        let ctx = TraceContext::from_args(0x4bf92f3577b34da6, 0xa3ce929d0e0e4736, 0x00f067aa0ba902b7);
+        let ctx =
+            TraceContext::from_args(0x4bf92f3577b34da6, 0xa3ce929d0e0e4736, 0x00f067aa0ba902b7);
         assert_eq!(
             TraceIds::from_kernel(&ctx),
             Some(TraceIds {
@@ -115,17 +116,23 @@ mod tests {
 
     #[test]
     fn rejects_malformed_ids() {
-        assert!(matches!("abc".parse::<TraceId>(), Err(IdError::TraceId(_))));
+        assert!(matches!(
+            "abc".parse::<TraceId>(),
+            Err(IdError::MalformedTrace(_))
+        ));
         assert!(matches!(
             "zz f92f3577b34da6a3ce929d0e0e4736".parse::<TraceId>(),
-            Err(IdError::TraceId(_))
+            Err(IdError::MalformedTrace(_))
         ));
         assert_eq!(
             "00000000000000000000000000000000".parse::<TraceId>(),
-            Err(IdError::ZeroTraceId)
+            Err(IdError::ZeroTrace)
         );
-        assert!(matches!("00f067aa0ba902b".parse::<SpanId>(), Err(IdError::SpanId(_))));
-        assert_eq!("0000000000000000".parse::<SpanId>(), Err(IdError::ZeroSpanId));
+        assert!(matches!(
+            "00f067aa0ba902b".parse::<SpanId>(),
+            Err(IdError::MalformedSpan(_))
+        ));
+        assert_eq!("0000000000000000".parse::<SpanId>(), Err(IdError::ZeroSpan));
         // Multi-byte characters must not panic on slicing.
         assert!("é".repeat(16).parse::<TraceId>().is_err());
     }

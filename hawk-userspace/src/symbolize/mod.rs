@@ -1,1 +1,339 @@
-//! Addresses → function names with blazesym, cached per module and offset.
+//! Addresses → function names, with blazesym, each address done once.
+//!
+//! User addresses go through two steps:
+//!
+//! 1. [`Symbolizer::normalize`], while the process lives: each (pid, address)
+//!    becomes (module, file offset) from `/proc/PID/maps`, and each new module
+//!    (keyed by path and build id) is opened through `/proc/PID/root` and kept
+//!    open. A process that exits later, or lives in another mount namespace,
+//!    can still be symbolized.
+//! 2. [`Symbolizer::user_frames`]: (module, offset) → name, batched per module
+//!    and cached, so an address shared by many processes (libc) is named once.
+//!
+//! Kernel addresses are named from kallsyms and cached by address. A frame
+//! that has no symbol keeps its place as `module+0xoffset`.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blazesym::normalize::{NormalizeOpts, Normalizer, UserMeta};
+use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer as BlazeSymbolizer};
+use blazesym::{MaybeDefault, Pid};
+
+use crate::profile::{Frame, FrameKind};
+
+type ModuleId = u32;
+
+/// Where a user address was mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Location {
+    /// In a file: the module and the offset in it.
+    File { module: ModuleId, offset: u64 },
+    /// Anonymous memory (JIT code), or a process that was gone before its
+    /// maps were read.
+    Unknown,
+}
+
+struct Module {
+    /// The path as the process saw it (for `module+0xoffset` names).
+    path: PathBuf,
+    /// The file, kept open so it can be read after the process exits.
+    file: Option<File>,
+}
+
+/// Counters for `/metrics` and the profile stats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SymbolizerStats {
+    /// Distinct (module, offset) and kernel addresses symbolized so far.
+    pub symbolized: u64,
+    /// Lookups answered from the cache.
+    pub cache_hits: u64,
+    /// Modules (ELF files) opened.
+    pub modules: u64,
+}
+
+/// Turns stack addresses into [`Frame`]s, caching every step.
+pub struct Symbolizer {
+    normalizer: Normalizer,
+    blaze: BlazeSymbolizer,
+    modules: Vec<Module>,
+    module_ids: HashMap<(PathBuf, Option<Vec<u8>>), ModuleId>,
+    locations: HashMap<(u32, u64), Location>,
+    user_names: HashMap<(ModuleId, u64), Arc<str>>,
+    kernel_names: HashMap<u64, Arc<str>>,
+    stats: SymbolizerStats,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbolizer {
+    pub fn new() -> Self {
+        Self {
+            normalizer: Normalizer::builder()
+                .enable_vma_caching(false)
+                .enable_build_id_caching(true)
+                .build(),
+            blaze: BlazeSymbolizer::builder()
+                .enable_code_info(false)
+                .enable_inlined_fns(false)
+                .build(),
+            modules: Vec::new(),
+            module_ids: HashMap::new(),
+            locations: HashMap::new(),
+            user_names: HashMap::new(),
+            kernel_names: HashMap::new(),
+            stats: SymbolizerStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> SymbolizerStats {
+        self.stats
+    }
+
+    /// Records where `addrs` of `pid` are mapped, for the addresses not seen
+    /// before. Call it while the process lives. Returns false when the
+    /// process's maps could not be read (it is gone).
+    pub fn normalize(&mut self, pid: u32, addrs: &[u64]) -> bool {
+        let mut fresh: Vec<u64> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !self.locations.contains_key(&(pid, *a)))
+            .collect();
+        if fresh.is_empty() {
+            return true;
+        }
+        fresh.sort_unstable();
+        fresh.dedup();
+        let opts = NormalizeOpts {
+            sorted_addrs: true,
+            ..Default::default()
+        };
+        let Ok(output) = self
+            .normalizer
+            .normalize_user_addrs_opts(Pid::from(pid), &fresh, &opts)
+        else {
+            return false;
+        };
+        // Map each meta entry to a module once.
+        let mut meta_modules: Vec<Option<ModuleId>> = Vec::with_capacity(output.meta.len());
+        for meta in &output.meta {
+            meta_modules.push(match meta {
+                UserMeta::Elf(elf) => Some(Self::module_id(
+                    &mut self.modules,
+                    &mut self.module_ids,
+                    &mut self.stats,
+                    pid,
+                    &elf.path,
+                    elf.build_id.as_deref(),
+                )),
+                _ => None,
+            });
+        }
+        for (addr, (offset, meta_idx)) in fresh.iter().zip(output.outputs.iter()) {
+            let location = match meta_modules.get(*meta_idx).copied().flatten() {
+                Some(module) => Location::File {
+                    module,
+                    offset: *offset,
+                },
+                None => Location::Unknown,
+            };
+            self.locations.insert((pid, *addr), location);
+        }
+        true
+    }
+
+    fn module_id(
+        modules: &mut Vec<Module>,
+        module_ids: &mut HashMap<(PathBuf, Option<Vec<u8>>), ModuleId>,
+        stats: &mut SymbolizerStats,
+        pid: u32,
+        path: &Path,
+        build_id: Option<&[u8]>,
+    ) -> ModuleId {
+        let key = (path.to_path_buf(), build_id.map(<[u8]>::to_vec));
+        if let Some(id) = module_ids.get(&key) {
+            return *id;
+        }
+        // Through the process's root, so that containers work too.
+        let in_root = Path::new("/proc")
+            .join(pid.to_string())
+            .join("root")
+            .join(path.strip_prefix("/").unwrap_or(path));
+        let file = File::open(&in_root).or_else(|_| File::open(path)).ok();
+        let id = modules.len() as ModuleId;
+        modules.push(Module {
+            path: path.to_path_buf(),
+            file,
+        });
+        module_ids.insert(key, id);
+        stats.modules += 1;
+        id
+    }
+
+    /// Names the user frames `addrs` (leaf first, as the kernel records
+    /// them) of `pid`, returning them leaf first. Addresses never normalized
+    /// are normalized now (works while the process lives).
+    pub fn user_frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+        let lookup: Vec<u64> = lookup_addrs(addrs);
+        if lookup
+            .iter()
+            .any(|a| !self.locations.contains_key(&(pid, *a)))
+        {
+            self.normalize(pid, &lookup);
+        }
+        // Symbolize what is not cached yet, batched per module.
+        let mut wanted: HashMap<ModuleId, Vec<u64>> = HashMap::new();
+        for addr in &lookup {
+            if let Some(Location::File { module, offset }) = self.locations.get(&(pid, *addr))
+                && !self.user_names.contains_key(&(*module, *offset))
+            {
+                wanted.entry(*module).or_default().push(*offset);
+            }
+        }
+        for (module, mut offsets) in wanted {
+            offsets.sort_unstable();
+            offsets.dedup();
+            self.symbolize_module(module, &offsets);
+        }
+        lookup
+            .iter()
+            .map(|addr| {
+                let name = match self.locations.get(&(pid, *addr)) {
+                    Some(Location::File { module, offset }) => {
+                        self.stats.cache_hits += 1;
+                        self.user_names[&(*module, *offset)].to_string()
+                    }
+                    _ => format!("[unknown]+{addr:#x}"),
+                };
+                Frame::new(name, FrameKind::User)
+            })
+            .collect()
+    }
+
+    fn symbolize_module(&mut self, module: ModuleId, offsets: &[u64]) {
+        let m = &self.modules[module as usize];
+        let file_name = m
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| m.path.display().to_string());
+        let results = m.file.as_ref().and_then(|file| {
+            let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            let src = Source::Elf(Elf::new(path));
+            self.blaze.symbolize(&src, Input::FileOffset(offsets)).ok()
+        });
+        for (i, offset) in offsets.iter().enumerate() {
+            let name: Arc<str> = match results.as_ref().and_then(|r| r.get(i)) {
+                Some(Symbolized::Sym(sym)) => Arc::from(sym.name.as_ref()),
+                _ => Arc::from(format!("{file_name}+{offset:#x}")),
+            };
+            self.user_names.insert((module, *offset), name);
+            self.stats.symbolized += 1;
+        }
+    }
+
+    /// Names kernel frames (leaf first), returning them leaf first.
+    pub fn kernel_frames(&mut self, addrs: &[u64]) -> Vec<Frame> {
+        let lookup = lookup_addrs(addrs);
+        let mut fresh: Vec<u64> = lookup
+            .iter()
+            .copied()
+            .filter(|a| !self.kernel_names.contains_key(a))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !fresh.is_empty() {
+            fresh.sort_unstable();
+            let src = Source::Kernel(Kernel {
+                vmlinux: MaybeDefault::None,
+                debug_syms: false,
+                ..Default::default()
+            });
+            let results = self.blaze.symbolize(&src, Input::AbsAddr(&fresh)).ok();
+            for (i, addr) in fresh.iter().enumerate() {
+                let name: Arc<str> = match results.as_ref().and_then(|r| r.get(i)) {
+                    Some(Symbolized::Sym(sym)) => Arc::from(sym.name.as_ref()),
+                    _ => Arc::from(format!("[kernel]+{addr:#x}")),
+                };
+                self.kernel_names.insert(*addr, name);
+                self.stats.symbolized += 1;
+            }
+        }
+        lookup
+            .iter()
+            .map(|addr| {
+                self.stats.cache_hits += 1;
+                Frame::new(self.kernel_names[addr].to_string(), FrameKind::Kernel)
+            })
+            .collect()
+    }
+
+    /// Forgets the address → module mapping of a process that exited (the
+    /// names stay cached per module).
+    pub fn forget_process(&mut self, pid: u32) {
+        self.locations.retain(|(p, _), _| *p != pid);
+    }
+}
+
+/// The addresses to look up for a stack recorded leaf first: every frame but
+/// the leaf holds a return address, which points after the call; step back
+/// one byte so it names the calling function (as perf does).
+fn lookup_addrs(addrs: &[u64]) -> Vec<u64> {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| if i == 0 { *a } else { a.saturating_sub(1) })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn marker_function_for_symbolizer_test() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    #[test]
+    fn names_a_function_of_this_process() {
+        let addr = marker_function_for_symbolizer_test as *const () as u64;
+        let mut s = Symbolizer::new();
+        let pid = std::process::id();
+        assert!(s.normalize(pid, &[addr]));
+        let frames = s.user_frames(pid, &[addr]);
+        assert_eq!(frames.len(), 1);
+        assert!(
+            frames[0]
+                .name
+                .contains("marker_function_for_symbolizer_test"),
+            "got {:?}",
+            frames[0]
+        );
+        // The second lookup is a cache hit, not a new symbolization.
+        let before = s.stats().symbolized;
+        s.user_frames(pid, &[addr]);
+        assert_eq!(s.stats().symbolized, before);
+    }
+
+    #[test]
+    fn unmapped_addresses_keep_their_place() {
+        let mut s = Symbolizer::new();
+        let frames = s.user_frames(std::process::id(), &[0x10]);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].name, "[unknown]+0x10");
+    }
+
+    #[test]
+    fn return_addresses_step_back_into_the_call() {
+        assert_eq!(lookup_addrs(&[100, 200, 300]), vec![100, 199, 299]);
+    }
+}

@@ -1,0 +1,283 @@
+//! The CPU sampler: a perf_event program on the software CPU clock of every
+//! online CPU, aggregating (pid, tid, stacks, trace context) → count in the
+//! kernel. Userspace polls the map during the window to learn new processes
+//! and stacks while they live, and reads it all at the end.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use aya::Ebpf;
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap};
+use aya::programs::PerfEvent;
+use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use hawk_common::{STACK_KERNEL, STACK_USER, SampleKey, SampleValue, TraceContext, maps, stats};
+
+use super::bpf::{self, CollectorError, Globals};
+use super::procs::{self, ProcessTable};
+use crate::symbolize::Symbolizer;
+
+/// What to sample.
+#[derive(Clone, Debug)]
+pub struct CpuConfig {
+    /// Samples per second on each CPU.
+    pub frequency_hz: u64,
+    /// Processes to sample; empty means every process.
+    pub pids: Vec<u32>,
+    pub user_stacks: bool,
+    pub kernel_stacks: bool,
+}
+
+/// One aggregated kernel record, with its stacks read out (leaf first).
+#[derive(Clone, Debug)]
+pub struct RawSample {
+    pub pid: u32,
+    pub tid: u32,
+    /// The thread's name.
+    pub comm: String,
+    pub user_stack: Vec<u64>,
+    pub kernel_stack: Vec<u64>,
+    pub trace: TraceContext,
+    pub count: u64,
+}
+
+/// Counters kept by the BPF program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub samples: u64,
+    pub stack_errors: u64,
+    pub counts_full: u64,
+    pub traced_samples: u64,
+}
+
+/// A running CPU sampler. Dropping it detaches the programs.
+pub struct CpuSampler {
+    ebpf: Ebpf,
+    started: SystemTime,
+    frequency_hz: u64,
+    /// (pid, user stack id) pairs already normalized.
+    seen_stacks: HashSet<(u32, i32)>,
+    /// Processes whose maps could not be read in time.
+    unmapped: HashSet<u32>,
+}
+
+impl CpuSampler {
+    /// Loads the programs, fills the pid filter and starts sampling on every
+    /// online CPU.
+    pub fn start(config: &CpuConfig) -> Result<Self, CollectorError> {
+        if let Some(max) = super::check::max_sample_rate()
+            && config.frequency_hz > max
+        {
+            return Err(CollectorError::FrequencyTooHigh {
+                requested: config.frequency_hz,
+                max,
+            });
+        }
+        for pid in &config.pids {
+            if !procs::exists(*pid) {
+                return Err(CollectorError::NoSuchProcess(*pid));
+            }
+        }
+        let mut stack_mode = 0;
+        if config.user_stacks {
+            stack_mode |= STACK_USER;
+        }
+        if config.kernel_stacks {
+            stack_mode |= STACK_KERNEL;
+        }
+        let ebpf = bpf::load(&Globals {
+            filter_pids: !config.pids.is_empty(),
+            stack_mode,
+        })?;
+        let mut sampler = Self {
+            ebpf,
+            started: SystemTime::now(),
+            frequency_hz: config.frequency_hz,
+            seen_stacks: HashSet::new(),
+            unmapped: HashSet::new(),
+        };
+        for pid in &config.pids {
+            sampler.add_pid(*pid)?;
+        }
+        sampler.attach()?;
+        sampler.started = SystemTime::now();
+        Ok(sampler)
+    }
+
+    fn attach(&mut self) -> Result<(), CollectorError> {
+        let name = hawk_common::programs::CPU_SAMPLE;
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(CollectorError::Missing("perf_event program"))?
+            .try_into()
+            .map_err(|source| CollectorError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| CollectorError::Program { name, source })?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(what, e)| CollectorError::Io(format!("reading {what}: {e}")))?;
+        for cpu in cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(self.frequency_hz),
+                    false,
+                )
+                .map_err(|source| CollectorError::Program { name, source })?;
+        }
+        Ok(())
+    }
+
+    /// Adds a process to the pid filter (it must have been started with pids).
+    pub fn add_pid(&mut self, pid: u32) -> Result<(), CollectorError> {
+        let mut pids: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(maps::PIDS)
+                .ok_or(CollectorError::Missing("PIDS map"))?,
+        )
+        .map_err(|source| CollectorError::Map {
+            name: maps::PIDS,
+            source,
+        })?;
+        pids.insert(pid, 1, 0)
+            .map_err(|source| CollectorError::Map {
+                name: maps::PIDS,
+                source,
+            })
+    }
+
+    /// When sampling started.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    pub fn frequency_hz(&self) -> u64 {
+        self.frequency_hz
+    }
+
+    fn counts(&self) -> Result<BpfHashMap<&MapData, SampleKey, SampleValue>, CollectorError> {
+        BpfHashMap::try_from(
+            self.ebpf
+                .map(maps::CPU_COUNTS)
+                .ok_or(CollectorError::Missing("CPU_COUNTS map"))?,
+        )
+        .map_err(|source| CollectorError::Map {
+            name: maps::CPU_COUNTS,
+            source,
+        })
+    }
+
+    fn stacks(&self) -> Result<StackTraceMap<&MapData>, CollectorError> {
+        StackTraceMap::try_from(
+            self.ebpf
+                .map(maps::STACKS)
+                .ok_or(CollectorError::Missing("STACKS map"))?,
+        )
+        .map_err(|source| CollectorError::Map {
+            name: maps::STACKS,
+            source,
+        })
+    }
+
+    /// Learns the processes and user stacks that appeared since the last
+    /// poll, while they are alive: their names, and where their addresses
+    /// are mapped. Call it every few hundred milliseconds during a window.
+    pub fn poll(
+        &mut self,
+        procs: &mut ProcessTable,
+        symbolizer: &mut Symbolizer,
+    ) -> Result<(), CollectorError> {
+        let keys: Vec<SampleKey> = self.counts()?.keys().flatten().collect();
+        let mut fresh = Vec::new();
+        for key in keys {
+            procs.observe(key.pid);
+            if key.user_stack_id >= 0 && self.seen_stacks.insert((key.pid, key.user_stack_id)) {
+                fresh.push((key.pid, key.user_stack_id));
+            }
+        }
+        let stacks = self.stacks()?;
+        let fresh: Vec<(u32, Vec<u64>)> = fresh
+            .into_iter()
+            .filter_map(|(pid, id)| {
+                let trace = stacks.get(&(id as u32), 0).ok()?;
+                Some((pid, trace.frames().iter().map(|f| f.ip).collect()))
+            })
+            .collect();
+        for (pid, ips) in fresh {
+            if !symbolizer.normalize(pid, &ips) {
+                self.unmapped.insert(pid);
+            }
+        }
+        Ok(())
+    }
+
+    /// The counters of the BPF program, summed over CPUs.
+    pub fn kernel_stats(&self) -> Result<KernelStats, CollectorError> {
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(maps::STATS)
+                .ok_or(CollectorError::Missing("STATS map"))?,
+        )
+        .map_err(|source| CollectorError::Map {
+            name: maps::STATS,
+            source,
+        })?;
+        let read = |i: u32| -> u64 {
+            array
+                .get(&i, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        Ok(KernelStats {
+            samples: read(stats::SAMPLES),
+            stack_errors: read(stats::STACK_ERRORS),
+            counts_full: read(stats::COUNTS_FULL),
+            traced_samples: read(stats::TRACED_SAMPLES),
+        })
+    }
+
+    /// Processes that exited before their memory maps could be read.
+    pub fn unmapped_processes(&self) -> usize {
+        self.unmapped.len()
+    }
+
+    /// Every aggregated sample so far, with its stacks read out.
+    pub fn read_samples(&self) -> Result<Vec<RawSample>, CollectorError> {
+        let counts = self.counts()?;
+        let stacks = self.stacks()?;
+        let read_stack = |id: i32| -> Vec<u64> {
+            if id < 0 {
+                return Vec::new();
+            }
+            stacks
+                .get(&(id as u32), 0)
+                .map(|t| t.frames().iter().map(|f| f.ip).collect())
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        for entry in counts.iter() {
+            let Ok((key, value)) = entry else { continue };
+            out.push(RawSample {
+                pid: key.pid,
+                tid: key.tid,
+                comm: procs::comm_str(&value.comm),
+                user_stack: read_stack(key.user_stack_id),
+                kernel_stack: read_stack(key.kernel_stack_id),
+                trace: key.trace,
+                count: value.count,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stops sampling (detaches the perf events) but keeps the maps readable.
+    pub fn stop(&mut self) {
+        if let Some(program) = self.ebpf.program_mut(hawk_common::programs::CPU_SAMPLE)
+            && let Ok(program) = <&mut PerfEvent>::try_from(program)
+        {
+            // Unloading detaches every link; the maps stay.
+            let _ = program.unload();
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! What Hawk knows about processes from `/proc`: names and liveness.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Process names by pid, read from `/proc/PID/comm` the first time a pid is
+/// seen (so they are known even after the process exits).
+#[derive(Default)]
+pub struct ProcessTable {
+    names: HashMap<u32, Option<String>>,
+}
+
+impl ProcessTable {
+    /// Records `pid`; returns true the first time it is seen.
+    pub fn observe(&mut self, pid: u32) -> bool {
+        if self.names.contains_key(&pid) {
+            return false;
+        }
+        self.names.insert(pid, read_comm(pid));
+        true
+    }
+
+    /// The process's name as read from /proc, if it was alive when first seen.
+    pub fn name(&self, pid: u32) -> Option<&str> {
+        self.names.get(&pid).and_then(|n| n.as_deref())
+    }
+}
+
+/// `/proc/PID/comm` without the newline.
+pub fn read_comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end_matches('\n').to_string())
+}
+
+/// True while `/proc/PID` exists and the process is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the last ')' (comm may contain parentheses).
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// True when `pid` names an existing process (thread group leader).
+pub fn exists(pid: u32) -> bool {
+    pid != 0 && Path::new(&format!("/proc/{pid}/status")).exists()
+}
+
+/// A NUL-padded kernel `comm` as text.
+pub fn comm_str(comm: &[u8]) -> String {
+    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(exists(me));
+        assert!(is_alive(me));
+        let mut t = ProcessTable::default();
+        assert!(t.observe(me));
+        assert!(!t.observe(me));
+        assert!(t.name(me).is_some_and(|n| !n.is_empty()));
+        assert!(!exists(0));
+        assert!(!is_alive(u32::MAX));
+    }
+
+    #[test]
+    fn comm_stops_at_nul() {
+        assert_eq!(comm_str(b"bash\0\0\0\0garbage"), "bash");
+        assert_eq!(comm_str(b"0123456789abcdef"), "0123456789abcdef");
+    }
+}

@@ -1,0 +1,5 @@
+//! What each `hawk-ebpf` subcommand does, one file each.
+
+pub mod check;
+pub mod launch;
+pub mod record;

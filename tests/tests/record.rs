@@ -1,0 +1,298 @@
+//! `hawk-ebpf record` against real workloads, with the real BPF programs.
+
+use std::time::{Duration, Instant};
+
+use hawk_tests::{
+    Workload, find_output, hawk, read_json, require_kernel, scratch_dir, speedscope_schema_errors,
+    weight_where,
+};
+
+const CPU_SPLIT: &str = env!("CARGO_BIN_EXE_cpu_split");
+const SYSCALL_HEAVY: &str = env!("CARGO_BIN_EXE_syscall_heavy");
+
+fn has(frames: &[&str], name: &str) -> bool {
+    frames.contains(&name)
+}
+
+/// Asserts the 3:1 split of `cpu_split` in a Hawk JSON profile.
+fn assert_three_to_one(json: &serde_json::Value) {
+    let three = weight_where(json, |f| has(f, "hot_three_quarters"));
+    let one = weight_where(json, |f| has(f, "hot_one_quarter"));
+    assert!(
+        three > 0 && one > 0,
+        "both hot functions named: {three} / {one}"
+    );
+    let ratio = three as f64 / one as f64;
+    assert!(
+        (2.2..=4.0).contains(&ratio),
+        "hot_three_quarters / hot_one_quarter = {three}/{one} = {ratio:.2}, expected about 3"
+    );
+    // Every stack is rooted at the process.
+    for entry in json["stats"].as_array().unwrap() {
+        let root = entry["frames"][0].as_str().unwrap();
+        assert!(root.starts_with("cpu_split ("), "root frame {root:?}");
+    }
+}
+
+#[test]
+fn record_pid_names_both_hot_functions_in_their_ratio() {
+    require_kernel!();
+    let workload = Workload::start(CPU_SPLIT, &["8"]);
+    let out = scratch_dir("record-pid");
+    let pid = workload.pid.to_string();
+    let run = hawk(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "3s",
+        "--freq",
+        "499",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let json = read_json(&find_output(&out, ".json"));
+    assert_eq!(json["profiler"], "ebpf");
+    assert_eq!(json["type"], "cpu");
+    assert!(json.get("trace_context").is_none());
+    assert_eq!(json["metadata"]["frequency_hz"], 499);
+    assert_eq!(json["metadata"]["pids"], serde_json::json!([workload.pid]));
+    assert_three_to_one(&json);
+    // At 499 Hz for 3 s on one busy thread: about 1500 samples.
+    let samples = json["metadata"]["samples"].as_u64().unwrap();
+    assert!((900..=1800).contains(&samples), "samples = {samples}");
+
+    // All four files, named by the convention.
+    for ext in [".svg", ".speedscope.json", ".folded"] {
+        let path = find_output(&out, ext);
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("hwk_cpu_ebpf_profile_20"), "{name}");
+    }
+    let folded = std::fs::read_to_string(find_output(&out, ".folded")).unwrap();
+    assert!(folded.lines().any(|l| l.contains(";hot_three_quarters")));
+    let speedscope = read_json(&find_output(&out, ".speedscope.json"));
+    let errors = speedscope_schema_errors(&speedscope);
+    assert!(errors.is_empty(), "speedscope schema errors: {errors:?}");
+    assert_eq!(
+        speedscope["profiles"][0]["name"],
+        format!("cpu_split ({})", workload.pid)
+    );
+    let svg = std::fs::read_to_string(find_output(&out, ".svg")).unwrap();
+    assert!(svg.contains("hot_three_quarters") && svg.contains("hot_one_quarter"));
+}
+
+#[test]
+fn record_command_runs_it_until_it_exits() {
+    require_kernel!();
+    let out = scratch_dir("record-command");
+    let started = Instant::now();
+    let run = hawk(&[
+        "record",
+        "--duration",
+        "60s",
+        "--freq",
+        "499",
+        "--format",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+        "--",
+        CPU_SPLIT,
+        "2",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the window ends when the command exits"
+    );
+    let json = read_json(&find_output(&out, ".json"));
+    assert_three_to_one(&json);
+}
+
+#[test]
+fn syscall_heavy_workload_shows_kernel_frames_under_the_caller() {
+    require_kernel!();
+    let workload = Workload::start(SYSCALL_HEAVY, &["8"]);
+    let out = scratch_dir("record-syscalls");
+    let pid = workload.pid.to_string();
+    let run = hawk(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "2s",
+        "--freq",
+        "499",
+        "--format",
+        "json,folded",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json = read_json(&find_output(&out, ".json"));
+    let total = weight_where(&json, |_| true);
+    // Kernel frames of the write path, below do_syscalls.
+    let in_kernel = weight_where(&json, |f| {
+        f.iter()
+            .position(|x| *x == "do_syscalls")
+            .is_some_and(|i| f[i + 1..].iter().any(|k| k.contains("sys_write")))
+    });
+    assert!(
+        in_kernel * 4 >= total,
+        "expected most samples in the kernel's write path under do_syscalls: {in_kernel} of {total}"
+    );
+    // The folded file marks kernel frames as perf does.
+    let folded = std::fs::read_to_string(find_output(&out, ".folded")).unwrap();
+    assert!(folded.contains("sys_write_[k]"), "{folded}");
+}
+
+#[test]
+fn system_wide_record_sees_a_busy_process() {
+    require_kernel!();
+    let workload = Workload::start(CPU_SPLIT, &["6"]);
+    let out = scratch_dir("record-system");
+    let run = hawk(&[
+        "record",
+        "--duration",
+        "2s",
+        "--format",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json = read_json(&find_output(&out, ".json"));
+    let root = format!("cpu_split ({})", workload.pid);
+    let busy = weight_where(&json, |f| f[0] == root && has(f, "hot_three_quarters"));
+    assert!(busy > 0, "no samples of {root} in a system-wide profile");
+    assert_eq!(json["metadata"]["target_pids"], serde_json::json!([]));
+}
+
+#[test]
+fn user_only_and_kernel_only_restrict_the_stacks() {
+    require_kernel!();
+    let workload = Workload::start(SYSCALL_HEAVY, &["8"]);
+    let pid = workload.pid.to_string();
+    for (flag, want_user, want_kernel) in
+        [("--user-only", true, false), ("--kernel-only", false, true)]
+    {
+        let out = scratch_dir(&format!("record{flag}"));
+        let run = hawk(&[
+            "record",
+            "--pid",
+            &pid,
+            "--duration",
+            "1s",
+            "--freq",
+            "499",
+            flag,
+            "--format",
+            "folded",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let folded = std::fs::read_to_string(find_output(&out, ".folded")).unwrap();
+        assert_eq!(
+            folded.contains("do_syscalls"),
+            want_user,
+            "{flag}: {folded}"
+        );
+        assert_eq!(folded.contains("_[k]"), want_kernel, "{flag}: {folded}");
+    }
+}
+
+#[test]
+fn bad_input_fails_with_one_line_and_writes_nothing() {
+    require_kernel!();
+    let out = scratch_dir("record-errors");
+    let o = out.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["record", "--pid", "4000000", "--out", o],
+            "no such process: 4000000",
+        ),
+        (
+            vec![
+                "record",
+                "--duration",
+                "1s",
+                "--out",
+                "/proc/nonexistent-dir",
+            ],
+            "/proc/nonexistent-dir",
+        ),
+        (
+            vec!["record", "--duration", "1s", "--out", "/proc"],
+            "/proc",
+        ),
+        (
+            vec!["record", "--freq", "abc", "--out", o],
+            "invalid frequency",
+        ),
+        (
+            vec![
+                "record",
+                "--duration",
+                "1s",
+                "--out",
+                o,
+                "--",
+                "/nonexistent/program",
+            ],
+            "/nonexistent/program",
+        ),
+    ] {
+        let run = hawk(&args);
+        assert!(!run.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+#[test]
+fn check_reports_a_usable_machine() {
+    require_kernel!();
+    let run = hawk(&["check"]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}");
+    for name in [
+        "capabilities",
+        "BTF",
+        "perf_event",
+        "uprobes",
+        "tracepoints",
+        "ring buffer",
+    ] {
+        assert!(stdout.contains(name), "check lists {name}: {stdout}");
+    }
+    assert!(stdout.contains("record: can run here"));
+}
