@@ -33,6 +33,8 @@ pub mod maps {
     pub const TRACE_CTX: &str = "TRACE_CTX";
     /// Per-CPU array of u64 counters, indexed by [`crate::stats`].
     pub const STATS: &str = "STATS";
+    /// Ring buffer of pids (u32) that just exec'd.
+    pub const EXEC_EVENTS: &str = "EXEC_EVENTS";
 }
 
 /// Names of the BPF programs in the object.
@@ -41,6 +43,8 @@ pub mod programs {
     pub const CPU_SAMPLE: &str = "hawk_cpu_sample";
     /// uprobe on the shim's `hawk_trace_context_set` marker.
     pub const TRACE_CONTEXT_SET: &str = "hawk_trace_context_set";
+    /// Tracepoint `sched/sched_process_exec`.
+    pub const SCHED_EXEC: &str = "hawk_sched_exec";
 }
 
 /// Names of the global variables the loader sets before loading.
@@ -49,6 +53,8 @@ pub mod globals {
     pub const FILTER_PIDS: &str = "FILTER_PIDS";
     /// u8: bit set of [`crate::STACK_USER`] and [`crate::STACK_KERNEL`].
     pub const STACK_MODE: &str = "STACK_MODE";
+    /// u8: when non-zero only threads with a trace context are sampled.
+    pub const TRACED_ONLY: &str = "TRACED_ONLY";
 }
 
 /// Record user stacks.
@@ -70,8 +76,10 @@ pub mod stats {
     pub const COUNTS_FULL: u32 = 2;
     /// Samples that carried a trace context.
     pub const TRACED_SAMPLES: u32 = 3;
+    /// Exec events lost because the ring buffer was full.
+    pub const EXEC_EVENTS_LOST: u32 = 4;
     /// Number of counters.
-    pub const LEN: u32 = 4;
+    pub const LEN: u32 = 5;
 }
 
 /// The trace context of a thread: W3C ids in network byte order.

@@ -5,6 +5,8 @@
 //!   `CPU_COUNTS`, keyed by (pid, tid, stacks, trace context).
 //! - `hawk_trace_context_set` (uprobe on the shim's marker): stores the
 //!   calling thread's trace context in `TRACE_CTX`.
+//! - `hawk_sched_exec` (tracepoint sched/sched_process_exec): tells userspace
+//!   which process just exec'd, so it can look for the shim's marker in it.
 //!
 //! The programs know nothing about output formats; userspace reads the maps.
 #![no_std]
@@ -14,9 +16,9 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::{map, perf_event, uprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, StackTrace},
-    programs::{PerfEventContext, ProbeContext, tracing::StackIdContext},
+    macros::{map, perf_event, tracepoint, uprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{PerfEventContext, ProbeContext, TracePointContext, tracing::StackIdContext},
 };
 use hawk_common::{
     STACK_ID_NONE, STACK_KERNEL, STACK_USER, SampleKey, SampleValue, TraceContext, stats,
@@ -29,6 +31,8 @@ const ENOMEM: i32 = 12;
 static FILTER_PIDS: Global<u8> = Global::new(0);
 #[unsafe(no_mangle)]
 static STACK_MODE: Global<u8> = Global::new(STACK_USER | STACK_KERNEL);
+#[unsafe(no_mangle)]
+static TRACED_ONLY: Global<u8> = Global::new(0);
 
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(16_384, 0);
@@ -44,6 +48,9 @@ static TRACE_CTX: LruHashMap<u64, TraceContext> = LruHashMap::with_max_entries(1
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::LEN, 0);
+
+#[map]
+static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 #[inline(always)]
 fn count(stat: u32) {
@@ -80,6 +87,10 @@ pub fn hawk_cpu_sample(ctx: PerfEventContext) -> u32 {
     if FILTER_PIDS.load() != 0 && unsafe { PIDS.get(&pid) }.is_none() {
         return 0;
     }
+    let trace = unsafe { TRACE_CTX.get(&pid_tgid) }.copied();
+    if trace.is_none() && TRACED_ONLY.load() != 0 {
+        return 0;
+    }
     count(stats::SAMPLES);
 
     let mode = STACK_MODE.load();
@@ -93,10 +104,10 @@ pub fn hawk_cpu_sample(ctx: PerfEventContext) -> u32 {
     } else {
         STACK_ID_NONE
     };
-    let trace = match unsafe { TRACE_CTX.get(&pid_tgid) } {
+    let trace = match trace {
         Some(trace) => {
             count(stats::TRACED_SAMPLES);
-            *trace
+            trace
         }
         None => TraceContext::default(),
     };
@@ -154,6 +165,16 @@ pub fn hawk_trace_context_set(ctx: ProbeContext) -> u32 {
         let _ = TRACE_CTX.remove(&pid_tgid);
     } else {
         let _ = TRACE_CTX.insert(&pid_tgid, &TraceContext::from_args(hi, lo, span), 0);
+    }
+    0
+}
+
+/// A process replaced its image: send its pid to userspace.
+#[tracepoint]
+pub fn hawk_sched_exec(_ctx: TracePointContext) -> u32 {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if EXEC_EVENTS.output::<u32>(&pid, 0).is_err() {
+        count(stats::EXEC_EVENTS_LOST);
     }
     0
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::profile::{IdError, SpanId, TraceId};
 use crate::render::Format;
 
 #[derive(Debug, Parser)]
@@ -24,9 +25,15 @@ pub enum Command {
     /// Profile on-CPU stacks for a window of time, system-wide or for some
     /// processes, and write the profile files.
     Record(RecordArgs),
+    /// Profile exactly one trace: wait for it, collect every sample of every
+    /// thread and process that served it, write the files when it ends.
+    Capture(CaptureArgs),
     /// Report what this kernel and these privileges allow; exit non-zero when
     /// `record` cannot work.
     Check,
+    /// Compare two profiles (Hawk JSON or folded stacks) as a differential
+    /// flamegraph and a table of the functions whose share grew most.
+    Diff(DiffArgs),
 }
 
 /// Flags every profiling command shares.
@@ -70,6 +77,44 @@ fn parse_pid(s: &str) -> Result<u32, String> {
     }
 }
 
+fn parse_trace_id(s: &str) -> Result<TraceId, String> {
+    s.parse().map_err(|e: IdError| e.to_string())
+}
+
+fn parse_span_id(s: &str) -> Result<SpanId, String> {
+    s.parse().map_err(|e: IdError| e.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// The W3C trace id to profile (32 hex digits).
+    #[arg(long, value_name = "TRACE_ID", value_parser = parse_trace_id)]
+    pub trace: TraceId,
+    /// Keep only samples taken while this span (16 hex digits) was the
+    /// thread's current span.
+    #[arg(long, value_name = "SPAN_ID", value_parser = parse_span_id)]
+    pub span: Option<SpanId>,
+    /// Give up when the trace has not ended this long after the start.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// How long no thread may serve the trace before the window closes.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Look for the trace only in this process (repeatable).
+    #[arg(long, short = 'p', value_name = "PID", value_parser = parse_pid)]
+    pub pid: Vec<u32>,
+    /// Samples per second on each CPU. Higher than `record`'s default:
+    /// requests are short.
+    #[arg(long, short = 'F', value_name = "HZ", default_value_t = 999, value_parser = parse_freq)]
+    pub freq: u64,
+    /// Attach to this binary even if it is not running yet (repeatable);
+    /// running shimmed programs are found without it.
+    #[arg(long, value_name = "PATH")]
+    pub attach: Vec<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// Profile only this process (repeatable). Default: the whole system.
@@ -93,6 +138,32 @@ pub struct RecordArgs {
     /// A command to start and profile until it exits or the window ends.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+fn parse_top(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("invalid count {s:?}: expected a positive number")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The baseline profile: Hawk JSON or folded stacks (told apart by content).
+    #[arg(value_name = "BASE")]
+    pub base: PathBuf,
+    /// The profile to compare with BASE, in either format.
+    #[arg(value_name = "NEW")]
+    pub new: PathBuf,
+    /// Directory to write the SVG into.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+    /// How many grown functions the table lists.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = parse_top)]
+    pub top: usize,
+    /// Title of the flamegraph.
+    #[arg(long, value_name = "TITLE")]
+    pub title: Option<String>,
 }
 
 #[cfg(test)]
@@ -146,6 +217,42 @@ mod tests {
     }
 
     #[test]
+    fn capture_ids_are_validated_by_the_parser() {
+        let Command::Capture(c) =
+            parse(&["capture", "--trace", "4bf92f3577b34da6a3ce929d0e0e4736"])
+                .unwrap()
+                .command
+        else {
+            panic!("not capture")
+        };
+        assert_eq!(c.trace.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(c.freq, 999);
+        assert_eq!(c.timeout, Duration::from_secs(60));
+        assert!(c.span.is_none());
+        for (args, needle) in [
+            (&["capture", "--trace", "xyz"][..], "32 hex digits"),
+            (
+                &["capture", "--trace", "00000000000000000000000000000000"][..],
+                "all zeros",
+            ),
+            (
+                &[
+                    "capture",
+                    "--trace",
+                    "4bf92f3577b34da6a3ce929d0e0e4736",
+                    "--span",
+                    "12",
+                ][..],
+                "16 hex digits",
+            ),
+            (&["capture"][..], "--trace"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_rejected_with_the_reason() {
         for (args, needle) in [
             (&["record", "--pid", "abc"][..], "invalid pid"),
@@ -161,5 +268,30 @@ mod tests {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn diff_args() {
+        let Command::Diff(d) = parse(&["diff", "a.json", "b.folded"]).unwrap().command else {
+            panic!("not diff")
+        };
+        assert_eq!(d.base, PathBuf::from("a.json"));
+        assert_eq!(d.new, PathBuf::from("b.folded"));
+        assert_eq!((d.out, d.top, d.title), (PathBuf::from("."), 10, None));
+        let Command::Diff(d) = parse(&[
+            "diff", "a", "b", "--out", "/tmp", "--top", "3", "--title", "T",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not diff")
+        };
+        assert_eq!((d.out, d.top), (PathBuf::from("/tmp"), 3));
+        assert_eq!(d.title.as_deref(), Some("T"));
+        assert!(parse(&["diff", "a"]).is_err());
+        let err = parse(&["diff", "a", "b", "--top", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid count"), "{err}");
     }
 }

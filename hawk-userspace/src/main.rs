@@ -20,18 +20,26 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Record(args) => commands::record::run(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Capture(args) => commands::capture::run(args)
+            .await
+            .map(|_| ExitCode::SUCCESS),
         Command::Check => Ok(if commands::check::run() {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         }),
+        Command::Diff(args) => commands::diff::run(args).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             // One line: the error and its causes.
             eprintln!("hawk-ebpf: error: {e:#}");
-            ExitCode::FAILURE
+            if e.is::<commands::capture::NoSamples>() {
+                ExitCode::from(commands::capture::EXIT_NO_SAMPLES)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

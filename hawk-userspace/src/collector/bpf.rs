@@ -47,6 +47,8 @@ pub enum CollectorError {
 pub struct Globals {
     pub filter_pids: bool,
     pub stack_mode: u8,
+    /// Sample only threads that serve a trace.
+    pub traced_only: bool,
 }
 
 /// Loads the object with `globals`, after checking privileges.
@@ -57,9 +59,11 @@ pub fn load(globals: &Globals) -> Result<Ebpf, CollectorError> {
     check::require_capabilities()?;
     check::raise_memlock_if_needed();
     let filter = u8::from(globals.filter_pids);
+    let traced_only = u8::from(globals.traced_only);
     let mut loader = EbpfLoader::new();
     loader
         .override_global(hawk_common::globals::FILTER_PIDS, &filter, true)
-        .override_global(hawk_common::globals::STACK_MODE, &globals.stack_mode, true);
+        .override_global(hawk_common::globals::STACK_MODE, &globals.stack_mode, true)
+        .override_global(hawk_common::globals::TRACED_ONLY, &traced_only, true);
     loader.load(BPF_OBJECT).map_err(CollectorError::Load)
 }

@@ -25,6 +25,8 @@ pub struct CpuConfig {
     pub pids: Vec<u32>,
     pub user_stacks: bool,
     pub kernel_stacks: bool,
+    /// Sample only threads that serve a trace (trace captures).
+    pub traced_only: bool,
 }
 
 /// One aggregated kernel record, with its stacks read out (leaf first).
@@ -87,6 +89,7 @@ impl CpuSampler {
         let ebpf = bpf::load(&Globals {
             filter_pids: !config.pids.is_empty(),
             stack_mode,
+            traced_only: config.traced_only,
         })?;
         let mut sampler = Self {
             ebpf,
@@ -156,10 +159,9 @@ impl CpuSampler {
         self.frequency_hz
     }
 
-    fn counts(&self) -> Result<BpfHashMap<&MapData, SampleKey, SampleValue>, CollectorError> {
+    fn counts(ebpf: &Ebpf) -> Result<BpfHashMap<&MapData, SampleKey, SampleValue>, CollectorError> {
         BpfHashMap::try_from(
-            self.ebpf
-                .map(maps::CPU_COUNTS)
+            ebpf.map(maps::CPU_COUNTS)
                 .ok_or(CollectorError::Missing("CPU_COUNTS map"))?,
         )
         .map_err(|source| CollectorError::Map {
@@ -168,10 +170,9 @@ impl CpuSampler {
         })
     }
 
-    fn stacks(&self) -> Result<StackTraceMap<&MapData>, CollectorError> {
+    fn stacks(ebpf: &Ebpf) -> Result<StackTraceMap<&MapData>, CollectorError> {
         StackTraceMap::try_from(
-            self.ebpf
-                .map(maps::STACKS)
+            ebpf.map(maps::STACKS)
                 .ok_or(CollectorError::Missing("STACKS map"))?,
         )
         .map_err(|source| CollectorError::Map {
@@ -182,21 +183,28 @@ impl CpuSampler {
 
     /// Learns the processes and user stacks that appeared since the last
     /// poll, while they are alive: their names, and where their addresses
-    /// are mapped. Call it every few hundred milliseconds during a window.
+    /// are mapped. Only samples `wanted` accepts are looked at; returns the
+    /// number of samples they hold. Call it every few hundred milliseconds
+    /// during a window.
     pub fn poll(
         &mut self,
         procs: &mut ProcessTable,
         symbolizer: &mut Symbolizer,
-    ) -> Result<(), CollectorError> {
-        let keys: Vec<SampleKey> = self.counts()?.keys().flatten().collect();
+        wanted: impl Fn(&SampleKey) -> bool,
+    ) -> Result<u64, CollectorError> {
+        let mut matching = 0;
         let mut fresh = Vec::new();
-        for key in keys {
+        for (key, value) in Self::counts(&self.ebpf)?.iter().flatten() {
+            if !wanted(&key) {
+                continue;
+            }
+            matching += value.count;
             procs.observe(key.pid);
             if key.user_stack_id >= 0 && self.seen_stacks.insert((key.pid, key.user_stack_id)) {
                 fresh.push((key.pid, key.user_stack_id));
             }
         }
-        let stacks = self.stacks()?;
+        let stacks = Self::stacks(&self.ebpf)?;
         let fresh: Vec<(u32, Vec<u64>)> = fresh
             .into_iter()
             .filter_map(|(pid, id)| {
@@ -209,7 +217,45 @@ impl CpuSampler {
                 self.unmapped.insert(pid);
             }
         }
-        Ok(())
+        Ok(matching)
+    }
+
+    /// The threads whose current trace context `matches`, as (pid, tid,
+    /// context). Entries of threads that exited without clearing their
+    /// context are removed from the map on the way.
+    pub fn traced_threads(
+        &mut self,
+        matches: impl Fn(&TraceContext) -> bool,
+    ) -> Result<Vec<(u32, u32, TraceContext)>, CollectorError> {
+        let mut map: BpfHashMap<&mut MapData, u64, TraceContext> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(maps::TRACE_CTX)
+                .ok_or(CollectorError::Missing("TRACE_CTX map"))?,
+        )
+        .map_err(|source| CollectorError::Map {
+            name: maps::TRACE_CTX,
+            source,
+        })?;
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        for (pid_tgid, ctx) in map.iter().flatten() {
+            let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+            if !procs::thread_exists(pid, tid) {
+                dead.push(pid_tgid);
+            } else if matches(&ctx) {
+                live.push((pid, tid, ctx));
+            }
+        }
+        for key in dead {
+            let _ = map.remove(&key);
+        }
+        Ok(live)
+    }
+
+    /// The loaded object, for the other programs in it (the trace-context
+    /// uprobe shares `TRACE_CTX` with the sampler).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// The counters of the BPF program, summed over CPUs.
@@ -244,8 +290,8 @@ impl CpuSampler {
 
     /// Every aggregated sample so far, with its stacks read out.
     pub fn read_samples(&self) -> Result<Vec<RawSample>, CollectorError> {
-        let counts = self.counts()?;
-        let stacks = self.stacks()?;
+        let counts = Self::counts(&self.ebpf)?;
+        let stacks = Self::stacks(&self.ebpf)?;
         let read_stack = |id: i32| -> Vec<u64> {
             if id < 0 {
                 return Vec::new();

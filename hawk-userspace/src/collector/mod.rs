@@ -7,5 +7,6 @@ pub mod bpf;
 pub mod check;
 pub mod cpu;
 pub mod procs;
+pub mod shim;
 
 pub use bpf::CollectorError;

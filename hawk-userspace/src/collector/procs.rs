@@ -50,6 +50,11 @@ pub fn exists(pid: u32) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}/status")).exists()
 }
 
+/// True while thread `tid` of process `pid` exists.
+pub fn thread_exists(pid: u32, tid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+}
+
 /// A NUL-padded kernel `comm` as text.
 pub fn comm_str(comm: &[u8]) -> String {
     let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());

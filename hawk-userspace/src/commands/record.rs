@@ -78,6 +78,7 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<(Profile, EndReason)> {
         pids: pids.clone(),
         user_stacks: !args.kernel_only,
         kernel_stacks: !args.user_only,
+        traced_only: false,
     };
     let mut sampler = match CpuSampler::start(&config) {
         Ok(sampler) => sampler,
@@ -105,7 +106,7 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<(Profile, EndReason)> {
             _ = sigint.recv() => break EndReason::Interrupted,
             _ = sigterm.recv() => break EndReason::Interrupted,
             _ = tick.tick() => {
-                sampler.poll(&mut procs, &mut symbolizer)?;
+                sampler.poll(&mut procs, &mut symbolizer, |_| true)?;
                 if let Some(child) = child.as_mut() {
                     if child.exited() {
                         break EndReason::CommandExited;
@@ -119,7 +120,7 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<(Profile, EndReason)> {
     let end = SystemTime::now();
     sampler.stop();
     // One last look, for processes that appeared since the last tick.
-    sampler.poll(&mut procs, &mut symbolizer)?;
+    sampler.poll(&mut procs, &mut symbolizer, |_| true)?;
     if let Some(mut child) = child {
         let status = child.finish();
         if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {

@@ -9,7 +9,7 @@ mod trace;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-pub use trace::{SpanId, TraceId, TraceIds};
+pub use trace::{IdError, SpanId, TraceId, TraceIds};
 
 /// What a profile measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,6 +1,9 @@
 //! Raw kernel samples → [`Profile`]: names every frame (through the
 //! [`Symbolizer`]), roots each stack at its process, and attaches the trace
-//! context the thread was serving.
+//! context the thread was serving. [`window`] decides when a trace-triggered
+//! window opens and closes.
+
+pub mod window;
 
 use std::collections::HashMap;
 
