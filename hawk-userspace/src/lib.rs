@@ -9,6 +9,8 @@
 //! - [`profile`]: the one [`Profile`](profile::Profile) model in the middle;
 //! - [`render`]: Profile → SVG flamegraph, speedscope, Hawk JSON, folded;
 //! - [`output`]: file names and atomic writes;
+//! - [`handler`]: the library API (`ProfileHandler`), for programs that
+//!   profile themselves;
 //! - [`cli`] and [`commands`]: the `hawk-ebpf` command line and what each
 //!   subcommand does.
 
@@ -16,6 +18,7 @@ pub mod cli;
 pub mod collector;
 pub mod commands;
 pub mod correlate;
+pub mod handler;
 pub mod output;
 pub mod profile;
 pub mod render;
