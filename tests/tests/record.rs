@@ -14,18 +14,22 @@ fn has(frames: &[&str], name: &str) -> bool {
     frames.contains(&name)
 }
 
-/// Asserts the 3:1 split of `cpu_split` in a Hawk JSON profile.
+/// Asserts the 3:1 split of `cpu_split` in a Hawk JSON profile: the share of
+/// `hot_three_quarters` is 3/4 within 3 % (the workload's own imprecision)
+/// plus 3.5 standard deviations of a binomial share over the samples taken
+/// (the test machine may be busy, and fewer samples are noisier).
 fn assert_three_to_one(json: &serde_json::Value) {
     let three = weight_where(json, |f| has(f, "hot_three_quarters"));
     let one = weight_where(json, |f| has(f, "hot_one_quarter"));
+    let n = three + one;
+    assert!(n >= 40, "too few samples to judge a ratio: {three} / {one}");
+    let share = three as f64 / n as f64;
+    let tolerance = 0.03 + 3.5 * (0.75 * 0.25 / n as f64).sqrt();
     assert!(
-        three > 0 && one > 0,
-        "both hot functions named: {three} / {one}"
-    );
-    let ratio = three as f64 / one as f64;
-    assert!(
-        (2.2..=4.0).contains(&ratio),
-        "hot_three_quarters / hot_one_quarter = {three}/{one} = {ratio:.2}, expected about 3"
+        (share - 0.75).abs() <= tolerance,
+        "hot_three_quarters has {three} of {n} samples ({:.1} %), expected 75 % ± {:.1}",
+        share * 100.0,
+        tolerance * 100.0
     );
     // Every stack is rooted at the process.
     for entry in json["stats"].as_array().unwrap() {
@@ -304,4 +308,84 @@ fn check_reports_a_usable_machine() {
         assert!(stdout.contains(name), "check lists {name}: {stdout}");
     }
     assert!(stdout.contains("record: can run here"));
+}
+
+#[test]
+fn ctrl_c_ends_the_window_early_and_still_writes_the_files() {
+    require_kernel!();
+    let workload = Workload::start(CPU_SPLIT, &["20"]);
+    let out = scratch_dir("record-sigint");
+    let pid = workload.pid.to_string();
+    let started = Instant::now();
+    let child = std::process::Command::new(hawk_tests::hawk_bin())
+        .args([
+            "record",
+            "--pid",
+            &pid,
+            "--duration",
+            "60s",
+            "--freq",
+            "499",
+            "--format",
+            "json",
+            "--out",
+        ])
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let run = child.wait_with_output().unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("interrupted"));
+    let json = read_json(&find_output(&out, ".json"));
+    assert!(weight_where(&json, |f| has(f, "hot_three_quarters")) > 0);
+}
+
+#[test]
+fn a_process_that_exits_during_the_window_is_still_symbolized() {
+    require_kernel!();
+    let workload = Workload::start(CPU_SPLIT, &["1.5"]);
+    let out = scratch_dir("record-exit");
+    let pid = workload.pid.to_string();
+    let started = Instant::now();
+    let run = hawk(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "30s",
+        "--freq",
+        "499",
+        "--format",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The window ends when the only target exits.
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("all target processes exited"), "{stderr}");
+    let json = read_json(&find_output(&out, ".json"));
+    assert_three_to_one(&json);
+    // Stacks first seen in the last poll interval before the exit cannot be
+    // mapped any more; everything seen earlier must be named.
+    let unnamed = json["metadata"]["unsymbolized_frames"].as_u64().unwrap();
+    let samples = json["metadata"]["samples"].as_u64().unwrap();
+    assert!(
+        unnamed * 50 <= samples,
+        "{unnamed} unsymbolized frames in {samples} samples"
+    );
 }

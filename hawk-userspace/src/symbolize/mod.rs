@@ -98,10 +98,15 @@ impl Symbolizer {
         self.stats
     }
 
-    /// Records where `addrs` of `pid` are mapped, for the addresses not seen
-    /// before. Call it while the process lives. Returns false when the
-    /// process's maps could not be read (it is gone).
-    pub fn normalize(&mut self, pid: u32, addrs: &[u64]) -> bool {
+    /// Records where the frames of `stack` (leaf first, as the kernel
+    /// records them) of `pid` are mapped, for the addresses not seen before.
+    /// Call it while the process lives. Returns false when the process's
+    /// maps could not be read (it is gone).
+    pub fn normalize(&mut self, pid: u32, stack: &[u64]) -> bool {
+        self.normalize_addrs(pid, &lookup_addrs(stack))
+    }
+
+    fn normalize_addrs(&mut self, pid: u32, addrs: &[u64]) -> bool {
         let mut fresh: Vec<u64> = addrs
             .iter()
             .copied()
@@ -281,6 +286,21 @@ impl Symbolizer {
     pub fn forget_process(&mut self, pid: u32) {
         self.locations.retain(|(p, _), _| *p != pid);
     }
+
+    /// Forgets the address → module mappings of every process `gone` says
+    /// is gone (the daemon's periodic cleanup).
+    pub fn forget_processes(&mut self, mut gone: impl FnMut(u32) -> bool) {
+        let pids: HashSet<u32> = self.locations.keys().map(|(p, _)| *p).collect();
+        let gone: HashSet<u32> = pids.into_iter().filter(|p| gone(*p)).collect();
+        if !gone.is_empty() {
+            self.locations.retain(|(p, _), _| !gone.contains(p));
+        }
+    }
+
+    /// (pid, address) mappings held, for `/metrics`.
+    pub fn locations_held(&self) -> usize {
+        self.locations.len()
+    }
 }
 
 /// The addresses to look up for a stack recorded leaf first: every frame but
@@ -322,6 +342,21 @@ mod tests {
         let before = s.stats().symbolized;
         s.user_frames(pid, &[addr]);
         assert_eq!(s.stats().symbolized, before);
+    }
+
+    #[test]
+    fn stacks_normalized_while_alive_need_no_second_look() {
+        // Caller frames are looked up one byte back; normalize() must record
+        // the same addresses user_frames() asks for, or a process that exits
+        // in between loses its callers.
+        let addr = marker_function_for_symbolizer_test as *const () as u64;
+        let mut s = Symbolizer::new();
+        let pid = std::process::id();
+        let stack = [addr, addr + 1];
+        assert!(s.normalize(pid, &stack));
+        for a in lookup_addrs(&stack) {
+            assert!(s.locations.contains_key(&(pid, a)), "{a:#x} not recorded");
+        }
     }
 
     #[test]
