@@ -148,6 +148,173 @@ const _: () = assert!(core::mem::size_of::<TraceContext>() == 24);
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 4 * 4 + 24);
 const _: () = assert!(core::mem::size_of::<SampleValue>() == 8 + 16);
 
+/// Memory profiling (`record --mem`): the allocator uprobes' names, maps,
+/// counters and map types. Kept apart from the CPU items above.
+pub mod mem {
+    /// Names of the memory maps.
+    pub mod maps {
+        /// Hash `MemLiveKey` → `MemLiveValue`: allocations not freed yet.
+        pub const LIVE: &str = "MEM_LIVE";
+        /// Hash `MemTotalKey` → `MemTotalValue`: bytes and calls allocated per stack.
+        pub const TOTALS: &str = "MEM_TOTALS";
+        /// LRU hash `pid_tgid` → `MemPending`: the allocator call a thread is
+        /// in (one entry per thread, reused).
+        pub const PENDING: &str = "MEM_PENDING";
+        /// Per-CPU array of u64 counters, indexed by [`super::stats`].
+        pub const STATS: &str = "MEM_STATS";
+    }
+
+    /// Names of the memory programs.
+    pub mod programs {
+        /// uprobe on `malloc(size)`.
+        pub const MALLOC: &str = "hawk_mem_malloc";
+        /// uprobe on `calloc(nmemb, size)`.
+        pub const CALLOC: &str = "hawk_mem_calloc";
+        /// uprobe on `realloc(ptr, size)`.
+        pub const REALLOC: &str = "hawk_mem_realloc";
+        /// uprobe on `reallocarray(ptr, nmemb, size)`.
+        pub const REALLOCARRAY: &str = "hawk_mem_reallocarray";
+        /// uprobe on `memalign(align, size)` and `aligned_alloc(align, size)`.
+        pub const MEMALIGN: &str = "hawk_mem_memalign";
+        /// uprobe on `valloc(size)` and `pvalloc(size)`.
+        pub const VALLOC: &str = "hawk_mem_valloc";
+        /// uprobe on `posix_memalign(memptr, align, size)`.
+        pub const POSIX_MEMALIGN: &str = "hawk_mem_posix_memalign";
+        /// uretprobe on every allocation function above.
+        pub const ALLOC_RETURN: &str = "hawk_mem_alloc_return";
+        /// uprobe on `free(ptr)` (may sit a few instructions into it).
+        pub const FREE: &str = "hawk_mem_free";
+    }
+
+    /// Which allocation function a record came from.
+    pub mod kind {
+        pub const MALLOC: u32 = 1;
+        pub const CALLOC: u32 = 2;
+        pub const REALLOC: u32 = 3;
+        pub const MEMALIGN: u32 = 4;
+        pub const VALLOC: u32 = 5;
+        pub const POSIX_MEMALIGN: u32 = 6;
+
+        /// The function's name (`malloc`, …), `alloc` when unknown.
+        pub fn name(kind: u32) -> &'static str {
+            match kind {
+                MALLOC => "malloc",
+                CALLOC => "calloc",
+                REALLOC => "realloc",
+                MEMALIGN => "memalign",
+                VALLOC => "valloc",
+                POSIX_MEMALIGN => "posix_memalign",
+                _ => "alloc",
+            }
+        }
+    }
+
+    /// Indexes into `MEM_STATS`.
+    pub mod stats {
+        /// Allocations seen (successful calls).
+        pub const ALLOCS: u32 = 0;
+        /// Frees of non-NULL pointers seen (reallocs that moved count too).
+        pub const FREES: u32 = 1;
+        /// Frees of addresses not in the live map (allocated before the
+        /// probes were attached, or dropped when it was full).
+        pub const FREES_UNKNOWN: u32 = 2;
+        /// Allocations not tracked as live because `MEM_LIVE` was full (the
+        /// older entries stay: leaks are the old ones).
+        pub const LIVE_FULL: u32 = 3;
+        /// Allocations not added to the per-stack totals: `MEM_TOTALS` full.
+        pub const TOTALS_FULL: u32 = 4;
+        /// Allocations whose user stack could not be recorded.
+        pub const STACK_ERRORS: u32 = 5;
+        /// Allocation calls that failed (returned NULL).
+        pub const FAILED: u32 = 6;
+        /// Number of counters.
+        pub const LEN: u32 = 7;
+    }
+
+    /// Key of `MEM_LIVE`: an address in a process.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct MemLiveKey {
+        pub pid: u32,
+        pub _pad: u32,
+        pub addr: u64,
+    }
+
+    /// Value of `MEM_LIVE`: one allocation not freed yet.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct MemLiveValue {
+        /// Bytes requested.
+        pub size: u64,
+        /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the allocation.
+        pub timestamp_ns: u64,
+        /// Id in `STACKS`, or a negative errno.
+        pub stack_id: i32,
+        /// One of [`kind`].
+        pub kind: u32,
+        pub tid: u32,
+        pub _pad: u32,
+        /// The thread's trace context at the allocation (zero: none).
+        pub trace: crate::TraceContext,
+    }
+
+    /// Key of `MEM_TOTALS`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct MemTotalKey {
+        pub pid: u32,
+        pub tid: u32,
+        /// Id in `STACKS`, or a negative errno.
+        pub stack_id: i32,
+        /// One of [`kind`].
+        pub kind: u32,
+        pub trace: crate::TraceContext,
+    }
+
+    /// Value of `MEM_TOTALS`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct MemTotalValue {
+        /// Bytes allocated.
+        pub bytes: u64,
+        /// Allocation calls.
+        pub count: u64,
+    }
+
+    /// Value of `MEM_PENDING`: an allocator call between entry and return.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct MemPending {
+        /// Bytes requested.
+        pub size: u64,
+        /// realloc: the old pointer; posix_memalign: where the result goes.
+        pub arg: u64,
+        /// The stack pointer at entry: tells nested calls and returns apart.
+        pub sp: u64,
+        /// `bpf_ktime_get_ns()` at entry.
+        pub timestamp_ns: u64,
+        /// One of [`kind`]; 0 once the call returned.
+        pub kind: u32,
+        pub _pad: u32,
+    }
+
+    const _: () = assert!(core::mem::size_of::<MemLiveKey>() == 16);
+    const _: () = assert!(core::mem::size_of::<MemLiveValue>() == 8 * 2 + 4 * 4 + 24);
+    const _: () = assert!(core::mem::size_of::<MemTotalKey>() == 4 * 4 + 24);
+    const _: () = assert!(core::mem::size_of::<MemTotalValue>() == 16);
+    const _: () = assert!(core::mem::size_of::<MemPending>() == 8 * 4 + 8);
+
+    #[cfg(feature = "user")]
+    mod pod {
+        // SAFETY: plain-old-data, repr(C), no padding (asserted above).
+        unsafe impl aya::Pod for super::MemLiveKey {}
+        unsafe impl aya::Pod for super::MemLiveValue {}
+        unsafe impl aya::Pod for super::MemTotalKey {}
+        unsafe impl aya::Pod for super::MemTotalValue {}
+        unsafe impl aya::Pod for super::MemPending {}
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data, repr(C), no padding (asserted above).

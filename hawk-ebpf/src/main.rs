@@ -24,6 +24,8 @@ use hawk_common::{
     STACK_ID_NONE, STACK_KERNEL, STACK_USER, SampleKey, SampleValue, TraceContext, stats,
 };
 
+mod mem;
+
 const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
 

@@ -34,6 +34,9 @@ pub enum Command {
     /// Compare two profiles (Hawk JSON or folded stacks) as a differential
     /// flamegraph and a table of the functions whose share grew most.
     Diff(DiffArgs),
+    /// Profile the whole node continuously, keep a rolling window and the
+    /// samples of each trace, and serve profiles over HTTP.
+    Daemon(DaemonArgs),
 }
 
 /// Flags every profiling command shares.
@@ -133,11 +136,51 @@ pub struct RecordArgs {
     /// Record kernel stacks only.
     #[arg(long)]
     pub kernel_only: bool,
+    /// Profile memory instead of CPU: uprobes on the C library's allocator
+    /// (malloc, calloc, realloc, free, …) of the target processes. Writes the
+    /// bytes still outstanding at the end by stack (`hwk_mem_…`) and the bytes
+    /// allocated by stack (`hwk_mem_…_alloc`). Every allocator call of the
+    /// targets costs about a microsecond more.
+    #[arg(long, conflicts_with_all = ["user_only", "kernel_only"])]
+    pub mem: bool,
+    /// With --mem: leave allocations younger than this out of the
+    /// outstanding profile (like memleak's -o), to show leaks rather than
+    /// buffers in flight.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_age, requires = "mem")]
+    pub min_age: Duration,
+    /// With --mem: frames kept per stack, nearest to the allocation first
+    /// (the kernel records up to 127).
+    #[arg(long, value_name = "N", default_value_t = 127, value_parser = parse_frames, requires = "mem")]
+    pub frames: usize,
     #[command(flatten)]
     pub output: OutputArgs,
     /// A command to start and profile until it exits or the window ends.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// A duration that may be zero (`0`, `0s`, `0ms`…), unlike `--duration`.
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    if number.parse::<f64>() == Ok(0.0) && crate::util::parse_duration(&format!("1{unit}")).is_ok()
+    {
+        return Ok(Duration::ZERO);
+    }
+    crate::util::parse_duration(s).map_err(|e| format!("invalid --min-age: {e}"))
+}
+
+fn parse_frames(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=hawk_common::MAX_STACK_DEPTH).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "invalid frame count {s:?}: expected 1 to {}",
+            hawk_common::MAX_STACK_DEPTH
+        )),
+    }
 }
 
 fn parse_top(s: &str) -> Result<usize, String> {
@@ -164,6 +207,87 @@ pub struct DiffArgs {
     /// Title of the flamegraph.
     #[arg(long, value_name = "TITLE")]
     pub title: Option<String>,
+}
+
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &t[digits.len()..];
+    let scale: usize = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => 0,
+    };
+    match digits.parse::<usize>() {
+        Ok(n) if scale > 0 && n > 0 => n
+            .checked_mul(scale)
+            .filter(|b| *b >= 1 << 20)
+            .ok_or_else(|| format!("invalid size {s:?}: at least 1MiB")),
+        _ => Err(format!(
+            "invalid size {s:?}: expected a number with an optional unit, e.g. 256MiB, 1G"
+        )),
+    }
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    parse_top(s)
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Address to serve HTTP on. A non-loopback address requires
+    /// --auth-token.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6061")]
+    pub listen: std::net::SocketAddr,
+    /// Samples per second on each CPU.
+    #[arg(long, short = 'F', value_name = "HZ", default_value_t = 19, value_parser = parse_freq)]
+    pub freq: u64,
+    /// How long samples are kept.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// Memory the window and the traces may hold together (e.g. 256MiB);
+    /// the oldest samples are dropped first.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_bytes)]
+    pub max_memory: usize,
+    /// Traces whose samples are held at most (least recently active evicted
+    /// first).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = parse_positive)]
+    pub max_traces: usize,
+    /// Bearer token required on every endpoint but /healthz.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "auth_token_file")]
+    pub auth_token: Option<String>,
+    /// Read the bearer token from this file (first line), so that it does
+    /// not show in the process list.
+    #[arg(long, value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Profile requests served at once; more get 429.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = parse_positive)]
+    pub max_concurrent: usize,
+    /// Longest `seconds` a profile request may ask for.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = parse_positive)]
+    pub max_seconds: usize,
+    /// Attach to this binary even if it is not running yet (repeatable);
+    /// running and newly started shimmed programs are found without it.
+    #[arg(long, value_name = "PATH")]
+    pub attach: Vec<PathBuf>,
+    /// Write every finished trace's profile into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Formats of the files --out writes, comma separated.
+    #[arg(long, value_name = "LIST", default_value = "json", value_parser = parse_formats)]
+    pub format: Formats,
+    /// With --out, write only traces that lasted at least this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_trace_duration: Option<Duration>,
+    /// How long a trace must be quiet before --out writes it.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub trace_grace: Duration,
+    /// OTLP/gRPC endpoint for the profiling spans (default: the standard
+    /// OTEL_EXPORTER_OTLP_ENDPOINT variable; none: nothing is exported).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[cfg(test)]
@@ -264,6 +388,119 @@ mod tests {
                 &["record", "--user-only", "--kernel-only"][..],
                 "cannot be used with",
             ),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn record_mem_flags() {
+        let Command::Record(r) = parse(&["record"]).unwrap().command else {
+            panic!("not record")
+        };
+        assert!(!r.mem);
+        assert_eq!((r.min_age, r.frames), (Duration::ZERO, 127));
+        let Command::Record(r) = parse(&[
+            "record",
+            "--mem",
+            "--pid",
+            "7",
+            "--min-age",
+            "5s",
+            "--frames",
+            "16",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not record")
+        };
+        assert!(r.mem);
+        assert_eq!(r.pid, vec![7]);
+        assert_eq!((r.min_age, r.frames), (Duration::from_secs(5), 16));
+        for zero in ["0", "0s", "0ms"] {
+            let Command::Record(r) = parse(&["record", "--mem", "--min-age", zero])
+                .unwrap()
+                .command
+            else {
+                panic!("not record")
+            };
+            assert_eq!(r.min_age, Duration::ZERO);
+        }
+        for (args, needle) in [
+            (
+                &["record", "--mem", "--min-age", "old"][..],
+                "invalid --min-age",
+            ),
+            (
+                &["record", "--mem", "--frames", "0"][..],
+                "invalid frame count",
+            ),
+            (
+                &["record", "--mem", "--frames", "128"][..],
+                "invalid frame count",
+            ),
+            (&["record", "--min-age", "1s"][..], "--mem"),
+            (&["record", "--frames", "8"][..], "--mem"),
+            (
+                &["record", "--mem", "--user-only"][..],
+                "cannot be used with",
+            ),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn daemon_defaults_and_flags() {
+        let Command::Daemon(d) = parse(&["daemon"]).unwrap().command else {
+            panic!("not daemon")
+        };
+        assert_eq!(d.listen.to_string(), "127.0.0.1:6061");
+        assert_eq!((d.freq, d.max_memory), (19, 256 << 20));
+        assert_eq!(d.retention, Duration::from_secs(600));
+        assert_eq!(
+            (d.max_traces, d.max_concurrent, d.max_seconds),
+            (10_000, 4, 300)
+        );
+        assert!(d.auth_token.is_none() && d.out.is_none() && d.otlp_endpoint.is_none());
+        let Command::Daemon(d) = parse(&[
+            "daemon",
+            "--listen",
+            "0.0.0.0:9000",
+            "--auth-token",
+            "s3cret",
+            "--retention",
+            "2m",
+            "--max-memory",
+            "64M",
+            "--out",
+            "/tmp",
+            "--format",
+            "svg,json",
+            "--otlp-endpoint",
+            "http://127.0.0.1:4317",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not daemon")
+        };
+        assert_eq!(d.listen.port(), 9000);
+        assert_eq!(d.auth_token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            (d.retention, d.max_memory),
+            (Duration::from_secs(120), 64 << 20)
+        );
+        assert_eq!(d.format.0, vec![Format::Svg, Format::Json]);
+        for (args, needle) in [
+            (&["daemon", "--max-memory", "lots"][..], "invalid size"),
+            (&["daemon", "--max-memory", "10k"][..], "at least 1MiB"),
+            (&["daemon", "--listen", "localhost"][..], "--listen"),
+            (&["daemon", "--freq", "0"][..], "invalid frequency"),
+            (&["daemon", "--max-concurrent", "0"][..], "invalid count"),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");

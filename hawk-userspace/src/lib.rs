@@ -11,6 +11,9 @@
 //! - [`output`]: file names and atomic writes;
 //! - [`handler`]: the library API (`ProfileHandler`), for programs that
 //!   profile themselves;
+//! - [`daemon`]: the node daemon (continuous sampling, rolling window,
+//!   per-trace store, HTTP endpoints);
+//! - [`telemetry`]: OpenTelemetry spans for rendered profiles, over OTLP;
 //! - [`cli`] and [`commands`]: the `hawk-ebpf` command line and what each
 //!   subcommand does.
 
@@ -18,9 +21,11 @@ pub mod cli;
 pub mod collector;
 pub mod commands;
 pub mod correlate;
+pub mod daemon;
 pub mod handler;
 pub mod output;
 pub mod profile;
 pub mod render;
 pub mod symbolize;
+pub mod telemetry;
 pub mod util;

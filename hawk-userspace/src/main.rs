@@ -18,6 +18,17 @@ async fn main() -> ExitCode {
         .with_target(false)
         .init();
     let cli = Cli::parse();
+    let otlp_flag = match &cli.command {
+        Command::Daemon(args) => args.otlp_endpoint.clone(),
+        _ => None,
+    };
+    let telemetry = match hawk_userspace::telemetry::init(otlp_flag.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("hawk-ebpf: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Record(args) => commands::record::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::Capture(args) => commands::capture::run(args)
@@ -29,7 +40,10 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }),
         Command::Diff(args) => commands::diff::run(args).map(|_| ExitCode::SUCCESS),
+        Command::Daemon(args) => commands::daemon::run(args).await.map(|_| ExitCode::SUCCESS),
     };
+    // The last spans leave before the exit.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -4,7 +4,10 @@
 //! - `setup`: installs what building and testing needs (see [`setup`]);
 //! - `build`: setup, then builds every binary of the workspace;
 //! - `run -- ARGS…`: setup, builds the binaries (release) and runs `hawk-ebpf`;
-//! - `test -- ARGS…`: setup, then fmt, clippy, build and every test (root).
+//! - `test -- ARGS…`: setup, then fmt, clippy, build and every test (root);
+//! - `bench [--quick]`: overhead and latency measurements (see [`bench`]);
+//! - `vm-test [--kernel …] -- ARGS…`: the integration tests inside Debian
+//!   kernels booted with QEMU (see [`vm`]).
 //!
 //! Every command that a task spawns is printed before it runs.
 //!
@@ -12,8 +15,10 @@
 //! host commands use `--workspace --exclude hawk-ebpf`; hawk-userspace's
 //! build script builds it with aya-build (which needs what `setup` installs).
 
+mod bench;
 mod cmd;
 mod setup;
+mod vm;
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
@@ -26,7 +31,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     bin_name = "cargo xtask",
-    about = "Hawk's developer tasks: cargo xtask setup | build | run | test"
+    about = "Hawk's developer tasks: cargo xtask setup | build | run | test | vm-test"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +40,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Measure overhead, BPF cost per sample, end-to-end latency and memory
+    /// against no profiler and perf (needs root); prints tables for
+    /// BENCHMARKS.md. `--quick` runs a short version (under 2 minutes).
+    Bench {
+        #[arg(long)]
+        quick: bool,
+    },
     /// Install what is missing: nightly toolchain + rust-src, bpf-linker
     /// (with Debian's llvm-<major>-dev), tracefs. Fast when all is there.
     Setup,
@@ -68,6 +80,28 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Run the integration tests inside Debian kernels booted with QEMU:
+    /// `cargo xtask vm-test --kernel 6.1,7.x -- FILTER`.
+    ///
+    /// Fetches and caches the kernels under target/vm-cache, boots each with
+    /// a tiny initramfs that sees the host's / read-only (under a tmpfs
+    /// overlay), runs every hawk-tests integration binary with
+    /// --test-threads=1 and prints a summary table. Fails if any kernel fails.
+    VmTest {
+        /// Kernels to test: 6.1, 6.12, 7.x or all (comma-separated or repeated).
+        #[arg(long = "kernel", value_delimiter = ',', default_value = "all")]
+        kernels: Vec<String>,
+        /// Seconds one kernel may take (boot and every test) before its
+        /// guest is killed and counted as failed.
+        #[arg(long, default_value_t = 1500)]
+        timeout: u64,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 3072)]
+        memory: u32,
+        /// Arguments for the test binaries, after `--` (e.g. a name filter).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,10 +110,22 @@ fn main() -> ExitCode {
         println!("note: ignoring AYA_BUILD_SKIP: this task needs the real BPF object");
     }
     let result = match cli.task {
+        Task::Bench { quick } => bench::bench(quick),
         Task::Setup => setup::setup(),
         Task::Build { release } => build(release),
         Task::Run { debug, args } => run(!debug, &args),
         Task::Test { args } => test(&args),
+        Task::VmTest {
+            kernels,
+            timeout,
+            memory,
+            args,
+        } => vm::vm_test(&vm::Options {
+            kernels,
+            timeout: std::time::Duration::from_secs(timeout),
+            memory_mib: memory,
+            args,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

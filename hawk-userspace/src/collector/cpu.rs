@@ -3,7 +3,7 @@
 //! kernel. Userspace polls the map during the window to learn new processes
 //! and stacks while they live, and reads it all at the end.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use aya::Ebpf;
@@ -15,6 +15,32 @@ use hawk_common::{STACK_KERNEL, STACK_USER, SampleKey, SampleValue, TraceContext
 use super::bpf::{self, CollectorError, Globals};
 use super::procs::{self, ProcessTable};
 use crate::symbolize::Symbolizer;
+
+/// Samples counted into a key since the last drain: its count now minus the
+/// count taken then. A count lower than the one taken means the key was
+/// deleted and created anew since (it restarted from 1).
+fn increment(count: u64, taken: u64) -> u64 {
+    if count >= taken { count - taken } else { count }
+}
+
+/// The stack ids among `held` that none of `keys` references.
+fn unreferenced_stacks<'a>(
+    held: impl Iterator<Item = &'a i32>,
+    keys: impl Iterator<Item = &'a SampleKey>,
+) -> Vec<i32> {
+    let referenced: HashSet<i32> = keys
+        .flat_map(|k| [k.user_stack_id, k.kernel_stack_id])
+        .filter(|id| *id >= 0)
+        .collect();
+    held.copied()
+        .filter(|id| !referenced.contains(id))
+        .collect()
+}
+
+/// Entries of the `CPU_COUNTS` map, as declared in `hawk-ebpf`.
+pub const COUNTS_CAPACITY: u64 = 32_768;
+/// Entries of the `STACKS` map, as declared in `hawk-ebpf`.
+pub const STACKS_CAPACITY: u64 = 16_384;
 
 /// What to sample.
 #[derive(Clone, Debug)]
@@ -60,6 +86,36 @@ pub struct CpuSampler {
     seen_stacks: HashSet<(u32, i32)>,
     /// Processes whose maps could not be read in time.
     unmapped: HashSet<u32>,
+    /// What [`CpuSampler::drain`] has taken so far.
+    drain: DrainState,
+}
+
+/// Bookkeeping of continuous draining (see [`CpuSampler::drain`]).
+#[derive(Default)]
+struct DrainState {
+    /// Count of each kernel key as last read: what was already handed out.
+    taken: HashMap<SampleKey, u64>,
+    /// Stacks read out of `STACKS`, by id, while a key references them.
+    stacks: HashMap<i32, Vec<u64>>,
+    stats: DrainStats,
+}
+
+/// Counters of [`CpuSampler::drain`], for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainStats {
+    /// Samples handed out by drains.
+    pub samples: u64,
+    /// Idle keys deleted from the counts map.
+    pub keys_evicted: u64,
+    /// Stack ids deleted from the stack map.
+    pub stacks_freed: u64,
+    /// Keys in the counts map after the last drain.
+    pub keys_held: u64,
+    /// Stack ids held after the last drain.
+    pub stacks_held: u64,
+    /// Samples whose stack was gone from the stack map when read (a stack
+    /// freed just as a new sample took its id).
+    pub stacks_missing: u64,
 }
 
 impl CpuSampler {
@@ -97,6 +153,7 @@ impl CpuSampler {
             frequency_hz: config.frequency_hz,
             seen_stacks: HashSet::new(),
             unmapped: HashSet::new(),
+            drain: DrainState::default(),
         };
         for pid in &config.pids {
             sampler.add_pid(*pid)?;
@@ -317,6 +374,146 @@ impl CpuSampler {
         Ok(out)
     }
 
+    /// Takes the samples counted since the last drain, for continuous
+    /// operation (the daemon), and keeps both kernel maps from filling up.
+    ///
+    /// The BPF program bumps counts in place, without atomics, so reading a
+    /// key and deleting it races with the program: an increment landing
+    /// between the read and the delete would be lost. Instead a drain hands
+    /// out the *difference* since the previous drain (the key stays, and the
+    /// program keeps counting into it), and deletes only keys that did not
+    /// move for a whole drain period. The race is then limited to a thread
+    /// that was idle in that stack for a period and is sampled in it again
+    /// in the microseconds between our read and our delete: rare, and at
+    /// worst one sample. A key recreated after a delete restarts from 1,
+    /// and a count lower than the one taken is read as such a restart.
+    ///
+    /// The stack map is cleaned the same way: once no remaining key
+    /// references a stack id, the id is deleted from `STACKS` (and from the
+    /// normalization bookkeeping), so new stacks find room. A sample taking
+    /// that very id just as it is deleted finds no stack when read; those are
+    /// counted in [`DrainStats::stacks_missing`].
+    ///
+    /// New user stacks are normalized on the way (see [`CpuSampler::poll`]),
+    /// while their processes live. Returns the new samples, counts being the
+    /// increments since the last drain.
+    pub fn drain(
+        &mut self,
+        procs: &mut ProcessTable,
+        symbolizer: &mut Symbolizer,
+    ) -> Result<Vec<RawSample>, CollectorError> {
+        let entries: Vec<(SampleKey, SampleValue)> =
+            Self::counts(&self.ebpf)?.iter().flatten().collect();
+        let mut out = Vec::new();
+        let mut idle = Vec::new();
+        let mut fresh_stacks: Vec<(u32, i32)> = Vec::new();
+        {
+            let stacks = Self::stacks(&self.ebpf)?;
+            let state = &mut self.drain;
+            for (key, value) in &entries {
+                let delta = increment(value.count, state.taken.get(key).copied().unwrap_or(0));
+                if delta == 0 {
+                    idle.push(*key);
+                    continue;
+                }
+                state.taken.insert(*key, value.count);
+                procs.observe(key.pid);
+                let mut read = |id: i32| -> Vec<u64> {
+                    if id < 0 {
+                        return Vec::new();
+                    }
+                    if let Some(frames) = state.stacks.get(&id) {
+                        return frames.clone();
+                    }
+                    match stacks.get(&(id as u32), 0) {
+                        Ok(trace) => {
+                            let frames: Vec<u64> = trace.frames().iter().map(|f| f.ip).collect();
+                            state.stacks.insert(id, frames.clone());
+                            frames
+                        }
+                        Err(_) => {
+                            state.stats.stacks_missing += delta;
+                            Vec::new()
+                        }
+                    }
+                };
+                let user_stack = read(key.user_stack_id);
+                let kernel_stack = read(key.kernel_stack_id);
+                if key.user_stack_id >= 0
+                    && !user_stack.is_empty()
+                    && self.seen_stacks.insert((key.pid, key.user_stack_id))
+                {
+                    fresh_stacks.push((key.pid, key.user_stack_id));
+                }
+                state.stats.samples += delta;
+                out.push(RawSample {
+                    pid: key.pid,
+                    tid: key.tid,
+                    comm: procs::comm_str(&value.comm),
+                    user_stack,
+                    kernel_stack,
+                    trace: key.trace,
+                    count: delta,
+                });
+            }
+        }
+        for (pid, id) in fresh_stacks {
+            if let Some(ips) = self.drain.stacks.get(&id)
+                && !symbolizer.normalize(pid, ips)
+            {
+                self.unmapped.insert(pid);
+            }
+        }
+
+        // Idle keys go; then the stacks no remaining key references.
+        let mut counts: BpfHashMap<&mut MapData, SampleKey, SampleValue> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(maps::CPU_COUNTS)
+                .ok_or(CollectorError::Missing("CPU_COUNTS map"))?,
+        )
+        .map_err(|source| CollectorError::Map {
+            name: maps::CPU_COUNTS,
+            source,
+        })?;
+        for key in &idle {
+            if counts.remove(key).is_ok() {
+                self.drain.stats.keys_evicted += 1;
+            }
+            self.drain.taken.remove(key);
+        }
+        // Keys that vanished from the map (never, unless someone else deletes).
+        let present: HashSet<SampleKey> = entries.iter().map(|(k, _)| *k).collect();
+        self.drain.taken.retain(|k, _| present.contains(k));
+        let unreferenced = unreferenced_stacks(self.drain.stacks.keys(), self.drain.taken.keys());
+        if !unreferenced.is_empty() {
+            let mut stacks: StackTraceMap<&mut MapData> = StackTraceMap::try_from(
+                self.ebpf
+                    .map_mut(maps::STACKS)
+                    .ok_or(CollectorError::Missing("STACKS map"))?,
+            )
+            .map_err(|source| CollectorError::Map {
+                name: maps::STACKS,
+                source,
+            })?;
+            for id in &unreferenced {
+                if stacks.remove(&(*id as u32)).is_ok() {
+                    self.drain.stats.stacks_freed += 1;
+                }
+                self.drain.stacks.remove(id);
+            }
+            let gone: HashSet<i32> = unreferenced.into_iter().collect();
+            self.seen_stacks.retain(|(_, id)| !gone.contains(id));
+        }
+        self.drain.stats.keys_held = self.drain.taken.len() as u64;
+        self.drain.stats.stacks_held = self.drain.stacks.len() as u64;
+        Ok(out)
+    }
+
+    /// Counters of [`CpuSampler::drain`].
+    pub fn drain_stats(&self) -> DrainStats {
+        self.drain.stats
+    }
+
     /// Stops sampling (detaches the perf events) but keeps the maps readable.
     pub fn stop(&mut self) {
         if let Some(program) = self.ebpf.program_mut(hawk_common::programs::CPU_SAMPLE)
@@ -325,5 +522,32 @@ impl CpuSampler {
             // Unloading detaches every link; the maps stay.
             let _ = program.unload();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drains_hand_out_increments_and_restarts() {
+        assert_eq!(increment(10, 7), 3);
+        assert_eq!(increment(7, 7), 0, "idle: the key may go");
+        assert_eq!(increment(2, 7), 2, "deleted and recreated since");
+        assert_eq!(increment(5, 0), 5, "new key");
+    }
+
+    #[test]
+    fn stacks_no_key_references_are_freed() {
+        let key = |user, kernel| SampleKey {
+            user_stack_id: user,
+            kernel_stack_id: kernel,
+            ..SampleKey::default()
+        };
+        let keys = [key(1, 2), key(1, -14), key(hawk_common::STACK_ID_NONE, 3)];
+        let held = [1, 2, 3, 4, 5];
+        let mut free = unreferenced_stacks(held.iter(), keys.iter());
+        free.sort_unstable();
+        assert_eq!(free, vec![4, 5]);
     }
 }

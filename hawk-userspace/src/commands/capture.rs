@@ -37,7 +37,8 @@ pub struct NoSamples(String);
 pub async fn run(args: CaptureArgs) -> anyhow::Result<Vec<PathBuf>> {
     output::check_writable(&args.output.out)?;
     let profile = capture(&args).await?;
-    let written = output::write_profile(&args.output.out, &profile, &args.output.format.0)?;
+    let written =
+        crate::telemetry::write_profile(&args.output.out, &profile, &args.output.format.0)?;
     eprintln!(
         "hawk-ebpf: trace {}: {} samples from {} processes in {:.3} s",
         args.trace,

@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod check;
+pub mod daemon;
 pub mod diff;
 pub mod launch;
 pub mod record;

@@ -9,11 +9,13 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::launch::GatedChild;
 use crate::cli::RecordArgs;
-use crate::collector::cpu::{CpuConfig, CpuSampler};
+use crate::collector::cpu::{CpuConfig, CpuSampler, RawSample};
+use crate::collector::mem::{MemConfig, MemKernelStats, MemTracer, monotonic_ns};
 use crate::collector::procs::{self, ProcessTable};
 use crate::correlate::build_profile;
 use crate::output;
-use crate::profile::{Metadata, Profile, ProfileKind};
+use crate::profile::{Frame, FrameKind, Metadata, Profile, ProfileKind};
+use crate::render::{self, Format};
 use crate::symbolize::Symbolizer;
 
 /// How often the window is polled for new processes and stacks.
@@ -31,12 +33,18 @@ pub enum EndReason {
 /// Runs `record` and returns the files written.
 pub async fn run(args: RecordArgs) -> anyhow::Result<Vec<PathBuf>> {
     output::check_writable(&args.output.out)?;
+    if args.mem {
+        return run_mem(args).await;
+    }
     let formats = args.output.format.0.clone();
     let (profile, reason) = record(&args).await?;
-    let written = output::write_profile(&args.output.out, &profile, &formats)?;
+    let written = crate::telemetry::write_profile(&args.output.out, &profile, &formats)?;
+    let latency = SystemTime::now()
+        .duration_since(profile.metadata.end)
+        .unwrap_or_default();
     let samples = profile.total_weight();
     eprintln!(
-        "hawk-ebpf: {samples} samples from {} processes in {:.1} s ({}){}",
+        "hawk-ebpf: {samples} samples from {} processes in {:.1} s ({}); files written {:.3} s after the window{}",
         profile.pids().len(),
         profile.metadata.duration().as_secs_f64(),
         match reason {
@@ -45,6 +53,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<Vec<PathBuf>> {
             EndReason::CommandExited => "command exited",
             EndReason::TargetsExited => "all target processes exited",
         },
+        latency.as_secs_f64(),
         if samples == 0 {
             "; no samples: the targets did not run on a CPU"
         } else {
@@ -142,4 +151,245 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<(Profile, EndReason)> {
     metadata.stats.unmapped_processes = sampler.unmapped_processes() as u64;
     let profile = build_profile(&raw, &mut symbolizer, &procs, metadata, |_| true);
     Ok((profile, reason))
+}
+
+/// The two profiles of a `record --mem` window.
+pub struct MemRecording {
+    /// Bytes not freed at the end of the window (older than `--min-age`), by stack.
+    pub outstanding: Profile,
+    /// Bytes allocated during the window, by stack.
+    pub allocated: Profile,
+    /// The kernel's counters (allocations, frees, drops).
+    pub stats: MemKernelStats,
+    /// Live allocations at the end of the window.
+    pub live_allocations: u64,
+    pub reason: EndReason,
+}
+
+/// Suffix of the allocated-bytes profile's files.
+pub const ALLOC_SUFFIX: &str = "_alloc";
+
+/// `record --mem`: writes the outstanding profile under the usual name and
+/// the allocated one with [`ALLOC_SUFFIX`].
+async fn run_mem(args: RecordArgs) -> anyhow::Result<Vec<PathBuf>> {
+    let formats = args.output.format.0.clone();
+    let rec = record_mem(&args).await?;
+    let mut written =
+        crate::telemetry::write_profile(&args.output.out, &rec.outstanding, &formats)?;
+    written.extend(write_suffixed(
+        &args.output.out,
+        &rec.allocated,
+        &formats,
+        ALLOC_SUFFIX,
+    )?);
+    let s = &rec.stats;
+    eprintln!(
+        "hawk-ebpf: {} allocations ({} bytes) and {} frees ({} of unknown blocks) in {:.1} s ({}); \
+         {} bytes in {} blocks live at the end, {} bytes outstanding in the profile{}",
+        s.allocations,
+        rec.allocated.total_weight(),
+        s.frees,
+        s.unknown_frees,
+        rec.outstanding.metadata.duration().as_secs_f64(),
+        match rec.reason {
+            EndReason::Duration => "window ended",
+            EndReason::Interrupted => "interrupted",
+            EndReason::CommandExited => "command exited",
+            EndReason::TargetsExited => "all target processes exited",
+        },
+        rec.outstanding.metadata.heap_current_bytes.unwrap_or(0),
+        rec.live_allocations,
+        rec.outstanding.total_weight(),
+        if s.live_full + s.totals_full > 0 {
+            format!(
+                "; {} allocations not tracked (maps full)",
+                s.live_full + s.totals_full
+            )
+        } else {
+            String::new()
+        }
+    );
+    for path in &written {
+        println!("{}", path.display());
+    }
+    Ok(written)
+}
+
+/// Writes `profile` in `formats` as `<stem><suffix>.<ext>`, announced as a
+/// profile span like every other profile.
+fn write_suffixed(
+    dir: &std::path::Path,
+    profile: &Profile,
+    formats: &[Format],
+    suffix: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let span = crate::telemetry::ProfileSpan::start(
+        profile,
+        formats,
+        None,
+        &opentelemetry::Context::current(),
+    );
+    let written = write_suffixed_files(dir, profile, formats, suffix);
+    if let Err(e) = &written {
+        span.error(format!("{e:#}"));
+    }
+    written
+}
+
+fn write_suffixed_files(
+    dir: &std::path::Path,
+    profile: &Profile,
+    formats: &[Format],
+    suffix: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let m = &profile.metadata;
+    let stem = output::file_stem(m.kind, m.start, m.trace.as_ref());
+    let rendered = formats
+        .iter()
+        .map(|&format| {
+            render::render(profile, format)
+                .map(|bytes| (format, bytes))
+                .with_context(|| format!("cannot render the {format} output"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    rendered
+        .into_iter()
+        .map(|(format, bytes)| {
+            let name = format!("{stem}{suffix}.{}", format.extension());
+            output::write_atomic(dir, &name, &bytes)
+                .with_context(|| format!("cannot write {}", dir.join(&name).display()))
+        })
+        .collect()
+}
+
+/// Traces allocations for the window `args` describe.
+pub async fn record_mem(args: &RecordArgs) -> anyhow::Result<MemRecording> {
+    let mut pids = args.pid.clone();
+    for pid in &pids {
+        if !procs::exists(*pid) {
+            bail!("no such process: {pid}");
+        }
+    }
+    let mut child = match args.command.as_slice() {
+        [] => None,
+        [program, rest @ ..] => {
+            let child = GatedChild::spawn(program, rest)?;
+            pids.push(child.pid());
+            Some(child)
+        }
+    };
+    let mut tracer = match MemTracer::start(&MemConfig { pids: pids.clone() }) {
+        Ok(tracer) => tracer,
+        Err(e) => {
+            if let Some(child) = child.as_mut() {
+                child.finish();
+            }
+            return Err(e.into());
+        }
+    };
+    for (library, points) in tracer.attachments() {
+        let stepped: Vec<&str> = points
+            .iter()
+            .filter(|p| !p.emulated)
+            .map(|p| p.function)
+            .collect();
+        eprintln!(
+            "hawk-ebpf: probing {} allocator functions in {}{}",
+            points.len(),
+            library.display(),
+            if stepped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} single-stepped: ≈15 µs a call)", stepped.join(", "))
+            }
+        );
+    }
+    if pids.is_empty() {
+        eprintln!(
+            "hawk-ebpf: warning: --mem without --pid or a command traces every process using this C library; \
+             each of their allocator calls costs about a microsecond more"
+        );
+    }
+    let mut symbolizer = Symbolizer::new();
+    let mut procs = ProcessTable::default();
+    if let Some(child) = child.as_mut() {
+        child.release()?;
+    }
+    eprintln!("hawk-ebpf: tracing allocations");
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let deadline = tokio::time::sleep(args.duration);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    let reason = loop {
+        tokio::select! {
+            _ = &mut deadline => break EndReason::Duration,
+            _ = sigint.recv() => break EndReason::Interrupted,
+            _ = sigterm.recv() => break EndReason::Interrupted,
+            _ = tick.tick() => {
+                tracer.poll(&mut procs, &mut symbolizer)?;
+                if let Some(child) = child.as_mut() {
+                    if child.exited() {
+                        break EndReason::CommandExited;
+                    }
+                } else if !pids.is_empty() && !pids.iter().any(|p| procs::is_alive(*p)) {
+                    break EndReason::TargetsExited;
+                }
+            }
+        }
+    };
+    let end = SystemTime::now();
+    let end_ns = monotonic_ns();
+    tracer.stop();
+    tracer.poll(&mut procs, &mut symbolizer)?;
+    if let Some(mut child) = child {
+        let status = child.finish();
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+            eprintln!(
+                "hawk-ebpf: the command exited with status {}",
+                libc::WEXITSTATUS(status)
+            );
+        }
+    }
+
+    let records = tracer.read(args.min_age, end_ns, args.frames)?;
+    let kstats = tracer.kernel_stats()?;
+    let mut metadata = Metadata::new(ProfileKind::Mem, tracer.started(), end);
+    metadata.target_pids = pids;
+    metadata.stats.samples = kstats.allocations;
+    metadata.stats.lost_stacks = kstats.stack_errors;
+    metadata.stats.dropped_samples = kstats.live_full + kstats.totals_full;
+    metadata.stats.unmapped_processes = tracer.unmapped_processes() as u64;
+    metadata.heap_current_bytes = Some(records.heap_current_bytes);
+    let mut build = |raw: &[(RawSample, u32)]| {
+        let samples: Vec<RawSample> = raw.iter().map(|(s, _)| s.clone()).collect();
+        let mut profile =
+            build_profile(&samples, &mut symbolizer, &procs, metadata.clone(), |_| {
+                true
+            });
+        // The allocator function as the leaf under its call site.
+        for (sample, (_, kind)) in profile.samples.iter_mut().zip(raw) {
+            sample.frames.push(Frame::new(
+                hawk_common::mem::kind::name(*kind),
+                FrameKind::User,
+            ));
+        }
+        // Frames without a name, counted once per stack (not per byte).
+        profile.metadata.stats.unsymbolized_frames = profile
+            .samples
+            .iter()
+            .map(|s| s.frames.iter().filter(|f| f.name.contains("+0x")).count() as u64)
+            .sum();
+        profile
+    };
+    let outstanding = build(&records.outstanding);
+    let allocated = build(&records.allocated);
+    Ok(MemRecording {
+        outstanding,
+        allocated,
+        stats: kstats,
+        live_allocations: records.live_allocations,
+        reason,
+    })
 }

@@ -1,0 +1,879 @@
+//! `hawk-ebpf daemon`: the real daemon with the real BPF programs, driven
+//! over loopback HTTP by a small std client: every endpoint and format, bad
+//! parameters, unknown traces, the concurrency bound, auth off loopback, a
+//! trace's profile asked for after the request finished (the instrumented
+//! service), `--out`, and SIGTERM.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hawk_tests::{
+    Workload, hawk, hawk_bin, require_kernel, scratch_dir, speedscope_schema_errors, weight_where,
+};
+
+const CPU_SPLIT: &str = env!("CARGO_BIN_EXE_cpu_split");
+const TRACED_SERVICE: &str = env!("CARGO_BIN_EXE_traced_service");
+// Trace ids of this file only: tests run in parallel and every daemon sees
+// every process.
+const TRACE_A: &str = "da3a0000da3a0000da3a0000da3a0001";
+const SPAN_A: &str = "00f067aa0ba902b7";
+const TRACE_B: &str = "da3b0000da3b0000da3b0000da3b0002";
+const SPAN_B: &str = "b7ad6b7169203331";
+
+/// An HTTP response.
+struct Response {
+    status: u16,
+    /// Lower-case header names.
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+}
+
+/// GET `path` from 127.0.0.1:`port` with extra headers, HTTP/1.1, one
+/// request per connection.
+fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read the response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end: {}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<HashMap<_, _>>();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&data[..eol])
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .expect("chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+}
+
+/// A running daemon; killed on drop.
+struct Daemon {
+    child: Child,
+    port: u16,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Daemon {
+    /// Starts `hawk-ebpf daemon ARGS` (with `--listen 127.0.0.1:0` unless
+    /// ARGS has a --listen) and waits until it listens.
+    fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(hawk_bin());
+        command.arg("daemon");
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .args(args)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hawk-ebpf daemon");
+        let mut reader = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut seen = Vec::new();
+        let port = loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).expect("read stderr") == 0 {
+                panic!("the daemon ended early: {seen:?}");
+            }
+            seen.push(line.trim_end().to_string());
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().expect("address");
+                break addr
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("no port in {line:?}"));
+            }
+        };
+        let stderr = std::thread::spawn(move || {
+            let mut s = seen.join("\n");
+            let _ = reader.read_to_string(&mut s);
+            s
+        });
+        Self {
+            child,
+            port,
+            stderr: Some(stderr),
+        }
+    }
+
+    fn get(&self, path: &str) -> Response {
+        get(self.port, path, &[])
+    }
+
+    /// SIGTERM, then the exit code and everything the daemon printed.
+    fn terminate(mut self) -> (Option<i32>, String) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the daemon ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr = self.stderr.take().unwrap().join().unwrap_or_default();
+        (status.code(), stderr)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking()
+            && let Some(stderr) = self.stderr.take()
+        {
+            eprintln!("daemon stderr:\n{}", stderr.join().unwrap_or_default());
+        }
+    }
+}
+
+/// The instrumented service: its port; killed on drop.
+struct Service {
+    child: Child,
+    port: u16,
+}
+
+impl Service {
+    fn start() -> Self {
+        let mut child = Command::new(TRACED_SERVICE)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start traced_service");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        let port = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("traced_service printed {line:?}"));
+        Self { child, port }
+    }
+
+    fn get(&self, path: &str, trace: &str, span: &str) -> Response {
+        let traceparent = format!("00-{trace}-{span}-01");
+        get(self.port, path, &[("traceparent", &traceparent)])
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn frames_of(json: &serde_json::Value) -> Vec<String> {
+    json["stats"]
+        .as_array()
+        .expect("stats")
+        .iter()
+        .flat_map(|e| e["frames"].as_array().expect("frames").iter())
+        .map(|f| f.as_str().expect("frame").to_string())
+        .collect()
+}
+
+#[test]
+fn daemon_serves_profiles_health_and_metrics() {
+    require_kernel!();
+    let workload = Workload::start(CPU_SPLIT, &["60"]);
+    let daemon = Daemon::start(&["--freq", "99", "--max-concurrent", "1"]);
+    let pid = workload.pid.to_string();
+
+    let health = daemon.get("/healthz");
+    assert_eq!((health.status, health.text().trim()), (200, "ok"));
+
+    // A window profile of one process, as JSON.
+    let r = daemon.get(&format!(
+        "/debug/prof/cpu/ebpf/?seconds=2&pid={pid}&format=json"
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.content_type(), "application/json");
+    let json = r.json();
+    assert_eq!(json["profiler"], "ebpf");
+    assert_eq!(json["type"], "cpu");
+    assert!(
+        json.get("trace_context").is_none(),
+        "no OTel, no traceparent: {json}"
+    );
+    let total = weight_where(&json, |_| true);
+    assert!(
+        total >= 50,
+        "2 s of a busy process at 99 Hz: {total} samples"
+    );
+    let hot = weight_where(&json, |f| f.contains(&"hot_three_quarters"));
+    assert!(
+        hot * 2 > total,
+        "hot_three_quarters {hot} of {total}: {json}"
+    );
+    let root = format!("cpu_split ({pid})");
+    assert_eq!(
+        weight_where(&json, |f| f[0] == root),
+        total,
+        "only the pid asked for"
+    );
+    let disposition = r
+        .headers
+        .get("content-disposition")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        disposition.contains("hwk_cpu_ebpf_profile_"),
+        "{disposition}"
+    );
+
+    // Every other format, with its content type.
+    let r = daemon.get(&format!(
+        "/debug/prof/cpu/ebpf/?seconds=1&pid={pid}&format=svg"
+    ));
+    assert_eq!((r.status, r.content_type()), (200, "image/svg+xml"));
+    // A slow machine (an emulated VM) may give a process few samples in a
+    // second: names are asserted on the JSON above, shapes here.
+    let sampled = |r: &Response| {
+        r.headers
+            .get("x-hawk-samples")
+            .and_then(|n| n.parse::<u64>().ok())
+            .expect("x-hawk-samples")
+            > 0
+    };
+    assert!(r.text().contains("<svg"));
+    assert!(!sampled(&r) || r.text().contains(&root), "{}", r.text());
+    let r = daemon.get(&format!(
+        "/debug/prof/cpu/ebpf?seconds=1&pid={pid}&format=speedscope"
+    ));
+    assert_eq!((r.status, r.content_type()), (200, "application/json"));
+    let errors = speedscope_schema_errors(&r.json());
+    assert!(errors.is_empty(), "speedscope schema: {errors:?}");
+    let r = daemon.get(&format!(
+        "/debug/prof/cpu/ebpf/?seconds=1&pid={pid}&format=folded"
+    ));
+    assert_eq!(
+        (r.status, r.content_type()),
+        (200, "text/plain; charset=utf-8")
+    );
+    let folded = r.text();
+    assert!(
+        folded.lines().all(|l| l
+            .rsplit_once(' ')
+            .is_some_and(|(_, n)| n.parse::<u64>().is_ok())),
+        "{folded}"
+    );
+    assert!(!sampled(&r) || folded.contains(&root), "{folded}");
+
+    // Bad parameters: 400 with a one-line reason.
+    for (path, needle) in [
+        ("/debug/prof/cpu/ebpf/?seconds=0", "invalid seconds"),
+        ("/debug/prof/cpu/ebpf/?seconds=100000", "expected 1 to 300"),
+        ("/debug/prof/cpu/ebpf/?seconds=abc", "invalid seconds"),
+        ("/debug/prof/cpu/ebpf/?pid=abc", "invalid pid"),
+        ("/debug/prof/cpu/ebpf/?pid=99999999999", "invalid pid"),
+        ("/debug/prof/cpu/ebpf/?format=png", "unknown format"),
+        ("/debug/prof/cpu/ebpf/?colour=red", "unknown parameter"),
+        ("/debug/prof/trace/xyz", "32 hex digits"),
+        (
+            "/debug/prof/trace/00000000000000000000000000000000",
+            "all zeros",
+        ),
+        (
+            &format!("/debug/prof/trace/{TRACE_A}?format=gif"),
+            "unknown format",
+        ),
+    ] {
+        let r = daemon.get(path);
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        let text = r.text();
+        assert!(text.contains(needle), "{path}: {text}");
+        assert_eq!(text.trim_end().lines().count(), 1, "{path}: {text}");
+    }
+    let r = daemon.get("/debug/prof/trace/0123456789abcdef0123456789abcdef");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(daemon.get("/nope").status, 404);
+    assert_eq!(daemon.get("/debug/prof/mem/ebpf/").status, 501);
+
+    // The concurrency bound: one profile at a time here.
+    let port = daemon.port;
+    let long =
+        std::thread::spawn(move || get(port, "/debug/prof/cpu/ebpf/?seconds=3&format=folded", &[]));
+    std::thread::sleep(Duration::from_millis(800));
+    let busy = daemon.get("/debug/prof/cpu/ebpf/?seconds=1");
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    assert_eq!(long.join().unwrap().status, 200);
+
+    // Metrics, in the Prometheus text format.
+    let m = daemon.get("/metrics");
+    assert_eq!(m.status, 200);
+    assert!(
+        m.content_type().starts_with("text/plain; version=0.0.4"),
+        "{}",
+        m.content_type()
+    );
+    let text = m.text();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert!(value("hawk_samples_total ") > 0.0);
+    assert!(value("hawk_samples_drained_total ") > 0.0);
+    assert!(value("hawk_symbolizer_cache_hits_total ") > 0.0);
+    assert!(value("hawk_store_bytes ") > 0.0);
+    assert!(value("hawk_process_resident_memory_bytes ") > 0.0);
+    for name in [
+        "hawk_samples_lost_total{reason=\"map_full\"}",
+        "hawk_map_fill_ratio{map=\"cpu_counts\"}",
+        "hawk_map_fill_ratio{map=\"stacks\"}",
+        "hawk_attached_binaries ",
+        "hawk_traces_held ",
+        "hawk_http_profile_requests_total{outcome=\"busy\"}",
+    ] {
+        value(name);
+    }
+    assert!(value("hawk_http_profile_requests_total{outcome=\"busy\"}") >= 1.0);
+    assert!(
+        value("hawk_map_fill_ratio{map=\"cpu_counts\"}") < 0.5,
+        "drains keep the map small"
+    );
+
+    let (code, stderr) = daemon.terminate();
+    assert_eq!(code, Some(0), "SIGTERM exits 0: {stderr}");
+    assert!(
+        !stderr.contains("ERROR") && !stderr.contains("WARN"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_trace_profile_is_served_after_the_request_finished() {
+    require_kernel!();
+    let service = Service::start();
+    let out = scratch_dir("daemon-traces");
+    let daemon = Daemon::start(&[
+        "--freq",
+        "199",
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "json,folded",
+        "--trace-grace",
+        "1s",
+    ]);
+    // Two traces at once: B's samples must stay out of A's profile.
+    std::thread::scope(|s| {
+        s.spawn(|| service.get("/beta?ms=900", TRACE_B, SPAN_B));
+        std::thread::sleep(Duration::from_millis(100));
+        let r = service.get("/alpha?ms=900", TRACE_A, SPAN_A);
+        assert_eq!(r.status, 200);
+        assert!(r.text().contains(TRACE_A), "{}", r.text());
+    });
+    // The request is over; ask for its profile now.
+    let r = daemon.get(&format!("/debug/prof/trace/{TRACE_A}?format=json"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let json = r.json();
+    assert_eq!(json["trace_context"]["trace_id"], TRACE_A);
+    let frames = frames_of(&json);
+    let has = |f: &str| frames.iter().any(|x| x == f);
+    assert!(has("alpha_work"), "alpha_work missing: {frames:?}");
+    assert!(
+        has("alpha_helper_work"),
+        "the helper thread belongs to the trace: {frames:?}"
+    );
+    assert!(!has("beta_work"), "trace B leaked into trace A");
+    let span = json["trace_context"]["span_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disposition = r
+        .headers
+        .get("content-disposition")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        disposition.contains(&format!("_trace-{TRACE_A}_span-{span}.json")),
+        "{disposition}"
+    );
+    let r = daemon.get(&format!("/debug/prof/trace/{TRACE_B}?format=folded"));
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("beta_work") && !r.text().contains("alpha_work"));
+    let r = daemon.get(&format!("/debug/prof/trace/{TRACE_A}?format=svg"));
+    assert_eq!((r.status, r.content_type()), (200, "image/svg+xml"));
+
+    // --out writes each finished trace with the seed's names.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let written = |trace: &str, ext: &str| {
+        std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .any(|n| {
+                n.starts_with("hwk_cpu_ebpf_profile_")
+                    && n.contains(&format!("_trace-{trace}_span-"))
+                    && n.ends_with(ext)
+            })
+    };
+    while !(written(TRACE_A, ".json") && written(TRACE_B, ".folded")) {
+        assert!(
+            Instant::now() < deadline,
+            "no trace files in {}",
+            out.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, stderr) = daemon.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn off_loopback_needs_a_token_and_the_token_is_checked() {
+    // Refused before anything is loaded: no kernel needed.
+    let run = hawk(&["daemon", "--listen", "0.0.0.0:0"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_ne!(run.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("--auth-token"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+
+    require_kernel!();
+    let token_file = scratch_dir("daemon-token").join("token");
+    std::fs::write(&token_file, "s3cret-t0ken\n").unwrap();
+    let daemon = Daemon::start(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--auth-token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    let port = daemon.port;
+    let r = get(port, "/metrics", &[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(
+        r.headers.get("www-authenticate").map(String::as_str),
+        Some("Bearer")
+    );
+    for wrong in [
+        "Bearer s3cret-t0keN",
+        "Bearer s3cret",
+        "Basic s3cret-t0ken",
+        "Bearer ",
+    ] {
+        let r = get(port, "/metrics", &[("Authorization", wrong)]);
+        assert_eq!(r.status, 401, "{wrong}");
+    }
+    let r = get(
+        port,
+        "/debug/prof/trace/0123456789abcdef0123456789abcdef",
+        &[],
+    );
+    assert_eq!(r.status, 401);
+    let ok = [("Authorization", "Bearer s3cret-t0ken")];
+    assert_eq!(get(port, "/metrics", &ok).status, 200);
+    let r = get(port, "/debug/prof/cpu/ebpf/?seconds=1&format=folded", &ok);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Liveness probes need no token.
+    assert_eq!(get(port, "/healthz", &[]).status, 200);
+    let (code, stderr) = daemon.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// An OTLP/gRPC trace receiver (opentelemetry-proto's tonic server types)
+/// on a loopback port, keeping what it receives.
+mod otlp {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+
+    #[derive(Clone, Default)]
+    pub struct Receiver(pub Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            self.0.lock().unwrap().push(request.into_inner());
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+
+    /// Starts the receiver on `runtime`; returns it and its port.
+    pub fn start(runtime: &tokio::runtime::Runtime) -> (Receiver, u16) {
+        let receiver = Receiver::default();
+        let incoming = runtime
+            .block_on(async {
+                tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+            })
+            .expect("bind the OTLP receiver");
+        let port = incoming.local_addr().expect("local addr").port();
+        let service = TraceServiceServer::new(receiver.clone());
+        runtime.spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        (receiver, port)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn profiling_spans_reach_an_otlp_receiver() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+
+    require_kernel!();
+    const TRACE_P: &str = "da3c0000da3c0000da3c0000da3c0003";
+    const SPAN_P: &str = "1234567890abcdef";
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (receiver, port) = otlp::start(&runtime);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let daemon = Daemon::start_with_env(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", "hawk-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+    );
+    let traceparent = format!("00-{TRACE_P}-{SPAN_P}-01");
+    let r = get(
+        daemon.port,
+        "/debug/prof/cpu/ebpf/?seconds=1&format=json",
+        &[("traceparent", &traceparent)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let json = r.json();
+    // The profile references the profiling span: same trace, its own span.
+    assert_eq!(json["trace_context"]["trace_id"], TRACE_P, "{json}");
+    let profiling_span = json["trace_context"]["span_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(profiling_span, SPAN_P);
+    let disposition = r
+        .headers
+        .get("content-disposition")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        disposition.contains(&format!("_trace-{TRACE_P}_span-{profiling_span}.json")),
+        "{disposition}"
+    );
+    let (code, stderr) = daemon.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // The shutdown flushed the spans.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans: Vec<_> = receiver
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|req| req.resource_spans.iter())
+            .flat_map(|rs| {
+                let service = rs
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                    .and_then(|kv| kv.value.as_ref()?.value.clone());
+                rs.scope_spans.iter().flat_map(move |ss| {
+                    let scope = ss
+                        .scope
+                        .as_ref()
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default();
+                    let service = service.clone();
+                    ss.spans
+                        .iter()
+                        .map(move |s| (service.clone(), scope.clone(), s.clone()))
+                })
+            })
+            .collect();
+        if spans.len() >= 2 {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans received: {spans:?}\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|(_, _, s)| s.name == name)
+            .unwrap_or_else(|| panic!("no span {name}: {spans:?}"))
+    };
+    let (service, scope, server) = find("GET /debug/prof/cpu/ebpf/");
+    assert_eq!(
+        service,
+        &Some(Value::StringValue("hawk-under-test".into())),
+        "OTEL_SERVICE_NAME"
+    );
+    assert_eq!(scope, "hawk.profiling");
+    assert_eq!(server.kind, SpanKind::Server as i32);
+    assert_eq!(hex(&server.trace_id), TRACE_P, "the traceparent's trace");
+    assert_eq!(
+        hex(&server.parent_span_id),
+        SPAN_P,
+        "child of the traceparent"
+    );
+    let (_, _, profile) = find("hawk.profile.cpu");
+    assert_eq!(hex(&profile.trace_id), TRACE_P);
+    assert_eq!(
+        hex(&profile.parent_span_id),
+        hex(&server.span_id),
+        "child of the request"
+    );
+    assert_eq!(
+        hex(&profile.span_id),
+        profiling_span,
+        "the span the JSON names"
+    );
+    let attr = |key: &str| {
+        profile
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.clone())
+            .unwrap_or_else(|| panic!("no attribute {key}: {:?}", profile.attributes))
+    };
+    assert_eq!(attr("hawk.profiler"), Value::StringValue("ebpf".into()));
+    assert_eq!(attr("hawk.profiler.type"), Value::StringValue("cpu".into()));
+    assert_eq!(attr("hawk.format"), Value::StringValue("json".into()));
+    let Value::DoubleValue(interval) = attr("hawk.interval") else {
+        panic!("hawk.interval is not a double")
+    };
+    assert!((interval - 1.0 / 19.0).abs() < 1e-9, "{interval}");
+    let Value::IntValue(samples) = attr("hawk.samples") else {
+        panic!("hawk.samples is not an int")
+    };
+    assert_eq!(Some(samples as u64), json["metadata"]["samples"].as_u64());
+    assert!(matches!(attr("hawk.pids"), Value::ArrayValue(_)));
+    runtime.shutdown_background();
+}
+
+#[test]
+fn without_an_endpoint_nothing_is_exported_or_logged() {
+    require_kernel!();
+    let daemon = Daemon::start(&[]);
+    let r = daemon.get("/debug/prof/cpu/ebpf/?seconds=1&format=folded");
+    assert_eq!(r.status, 200);
+    let (code, stderr) = daemon.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    let lower = stderr.to_lowercase();
+    for word in ["otlp", "opentelemetry", "export", "error", "grpc", "4317"] {
+        assert!(!lower.contains(word), "{word:?} in {stderr}");
+    }
+}
+
+/// Resident memory of `pid` in KiB (VmRSS, RssAnon).
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
+}
+
+#[test]
+fn bounded_load_keeps_memory_flat_and_answers_without_errors() {
+    require_kernel!();
+    let service = Service::start();
+    let daemon = Daemon::start(&[
+        "--freq",
+        "99",
+        "--retention",
+        "4s",
+        "--max-memory",
+        "8MiB",
+        "--max-traces",
+        "500",
+    ]);
+    let pid = daemon.child.id();
+    let (service_port, daemon_port) = (service.port, daemon.port);
+    const THREADS: u64 = 3;
+    const PER_THREAD: u64 = 600;
+    let started = Instant::now();
+    let stop_at = started + Duration::from_secs(16);
+    let mid_rss = std::sync::Mutex::new(None);
+    let results: Vec<(u64, u64, Vec<String>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let mid_rss = &mid_rss;
+                s.spawn(move || {
+                    let (mut requests, mut lookups, mut errors) = (0u64, 0u64, Vec::new());
+                    for i in 0..PER_THREAD {
+                        if Instant::now() >= stop_at {
+                            break;
+                        }
+                        let trace = format!("da3d{t:04x}{i:024x}");
+                        let r = get(
+                            service_port,
+                            "/beta?ms=3",
+                            &[("traceparent", &format!("00-{trace}-{SPAN_A}-01"))],
+                        );
+                        requests += 1;
+                        if r.status != 200 {
+                            errors.push(format!("service {}", r.status));
+                        }
+                        if t == 0 && i % 25 == 0 {
+                            let r = get(daemon_port, &format!("/debug/prof/trace/{trace}"), &[]);
+                            lookups += 1;
+                            if r.status != 200 && r.status != 404 {
+                                errors.push(format!("trace {}: {}", r.status, r.text()));
+                            }
+                            let m = get(daemon_port, "/metrics", &[]);
+                            if m.status != 200 {
+                                errors.push(format!("metrics {}", m.status));
+                            }
+                        }
+                        if t == 0 && started.elapsed() >= Duration::from_secs(6) {
+                            let mut mid = mid_rss.lock().unwrap();
+                            if mid.is_none() {
+                                *mid = Some(rss_kib(pid));
+                            }
+                        }
+                    }
+                    (requests, lookups, errors)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let end_rss = rss_kib(pid);
+    let requests: u64 = results.iter().map(|r| r.0).sum();
+    let lookups: u64 = results.iter().map(|r| r.1).sum();
+    let errors: Vec<&String> = results.iter().flat_map(|r| r.2.iter()).collect();
+    let m = daemon.get("/metrics").text();
+    let metric = |name: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let mid_rss = mid_rss.into_inner().unwrap().unwrap_or(end_rss);
+    eprintln!(
+        "load: {requests} traced requests and {lookups} trace lookups in {:.1} s; daemon RSS {} KiB (anon {}) at 6 s, {} KiB (anon {}) at the end; traces held {}, store {} bytes",
+        started.elapsed().as_secs_f64(),
+        mid_rss.0,
+        mid_rss.1,
+        end_rss.0,
+        end_rss.1,
+        metric("hawk_traces_held "),
+        metric("hawk_store_bytes "),
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(requests >= 100, "only {requests} requests");
+    assert!(metric("hawk_traces_held ") <= 500.0);
+    assert!(metric("hawk_store_bytes ") <= (8 << 20) as f64);
+    // Flat: the heap may settle, not grow with the load.
+    assert!(
+        end_rss.1 <= mid_rss.1 + 32 * 1024,
+        "anonymous RSS grew from {} to {} KiB",
+        mid_rss.1,
+        end_rss.1
+    );
+    let (code, stderr) = daemon.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -1,0 +1,298 @@
+//! `hawk-ebpf record --mem` against a workload with a known leak, known
+//! churn and realloc growth, with the real BPF programs (uprobes on glibc).
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hawk_tests::{
+    find_output, hawk, hawk_bin, read_json, require_kernel, scratch_dir, weight_where,
+};
+
+const MEM_WORKLOAD: &str = env!("CARGO_BIN_EXE_mem_workload");
+
+fn has(frames: &[&str], name: &str) -> bool {
+    frames.contains(&name)
+}
+
+/// The outstanding profile: the `.json` file that is neither speedscope nor `_alloc`.
+fn outstanding_json(dir: &Path) -> PathBuf {
+    let matches: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.to_string_lossy();
+            n.ends_with(".json") && !n.ends_with(".speedscope.json") && !n.ends_with("_alloc.json")
+        })
+        .collect();
+    assert_eq!(
+        matches.len(),
+        1,
+        "outstanding json in {}: {matches:?}",
+        dir.display()
+    );
+    matches.into_iter().next().unwrap()
+}
+
+/// A started `mem_workload` held at its gate.
+struct Gated {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+    pid: u32,
+}
+
+impl Gated {
+    fn start() -> Self {
+        let mut child = Command::new(MEM_WORKLOAD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting mem_workload");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let pid = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("mem_workload printed {line:?}"));
+        Self {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
+    }
+
+    /// Opens the gate and returns the truth it prints.
+    fn run(&mut self) -> HashMap<String, u64> {
+        writeln!(self.stdin.as_mut().unwrap(), "go").unwrap();
+        let mut truth = HashMap::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "workload ended early"
+            );
+            let line = line.trim();
+            if line == "done" {
+                return truth;
+            }
+            let (key, value) = line.split_once(' ').unwrap();
+            truth.insert(key.to_string(), value.parse().unwrap());
+        }
+    }
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `hawk-ebpf ARGS` and waits until it says the probes are attached.
+fn start_hawk(args: &[&str]) -> (Child, Vec<String>) {
+    let mut child = Command::new(hawk_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting hawk-ebpf");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    let started = Instant::now();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            let status = child.wait().unwrap();
+            panic!("hawk-ebpf exited ({status}) before attaching: {lines:?}");
+        }
+        lines.push(line.trim_end().to_string());
+        if line.contains("tracing allocations") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{lines:?}");
+    }
+    // Keep draining stderr so hawk-ebpf never blocks on it.
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("hawk-ebpf: {line}");
+        }
+    });
+    (child, lines)
+}
+
+#[test]
+fn record_mem_finds_the_leak_the_churn_and_the_live_heap() {
+    require_kernel!();
+    let mut workload = Gated::start();
+    let out = scratch_dir("record-mem");
+    let pid = workload.pid.to_string();
+    let (mut hawk_child, attach_lines) = start_hawk(&[
+        "record",
+        "--mem",
+        "--pid",
+        &pid,
+        "--duration",
+        "120s",
+        "--format",
+        "json,folded,speedscope",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    eprintln!("{attach_lines:?}");
+    let truth = workload.run();
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(hawk_child.id() as i32, libc::SIGINT) };
+    let status = hawk_child.wait().unwrap();
+    assert!(status.success(), "hawk-ebpf: {status}");
+
+    let folded = std::fs::read_to_string(find_output(&out, "_alloc.folded")).unwrap();
+    eprintln!("allocated (folded):\n{folded}");
+    let outstanding = read_json(&outstanding_json(&out));
+    let allocated = read_json(&find_output(&out, "_alloc.json"));
+    for json in [&outstanding, &allocated] {
+        assert_eq!(json["type"], "mem");
+        assert_eq!(json["metadata"]["unit"], "bytes");
+        assert_eq!(json["metadata"]["pids"], serde_json::json!([workload.pid]));
+    }
+    let name = outstanding_json(&out)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with("hwk_mem_ebpf_profile_20"), "{name}");
+
+    // The leak: all of it outstanding, under leak_memory, with malloc as the leaf.
+    let leaked = truth["leaked"];
+    let leak_out = weight_where(&outstanding, |f| has(f, "leak_memory"));
+    assert!(
+        leak_out.abs_diff(leaked) <= leaked / 20,
+        "outstanding under leak_memory {leak_out}, leaked {leaked}"
+    );
+    assert!(
+        folded.lines().any(|l| l.contains(";leak_memory;malloc ")),
+        "leak_memory;malloc in\n{folded}"
+    );
+
+    // The churn: allocated, not outstanding.
+    let churned = truth["churned"];
+    let churn_alloc = weight_where(&allocated, |f| has(f, "churn_memory"));
+    assert!(
+        churn_alloc.abs_diff(churned) <= churned / 20,
+        "allocated under churn_memory {churn_alloc}, churned {churned}"
+    );
+    let churn_out = weight_where(&outstanding, |f| has(f, "churn_memory"));
+    assert_eq!(churn_out, 0, "churn is freed");
+
+    // realloc growth: the final buffer outstanding, every step allocated.
+    let grown = truth["grown"];
+    let grow_out = weight_where(&outstanding, |f| has(f, "grow_buffer"));
+    assert_eq!(grow_out, grown, "outstanding under grow_buffer");
+    let grow_alloc = weight_where(&allocated, |f| has(f, "grow_buffer"));
+    assert_eq!(
+        grow_alloc, truth["grow_allocated"],
+        "allocated under grow_buffer"
+    );
+
+    // The live heap at the end of the window.
+    let live = truth["live"];
+    let heap = outstanding["heap_current_bytes"]
+        .as_u64()
+        .expect("heap_current_bytes");
+    assert!(
+        heap.abs_diff(live) <= live / 10,
+        "heap_current_bytes {heap}, the workload holds {live}"
+    );
+    assert_eq!(
+        allocated["heap_current_bytes"],
+        outstanding["heap_current_bytes"]
+    );
+    // At least the churn's allocations were counted.
+    assert!(outstanding["metadata"]["samples"].as_u64().unwrap() >= 20_000);
+}
+
+#[test]
+fn record_mem_min_age_hides_young_allocations() {
+    require_kernel!();
+    let mut workload = Gated::start();
+    let out = scratch_dir("record-mem-min-age");
+    let pid = workload.pid.to_string();
+    let (mut hawk_child, _) = start_hawk(&[
+        "record",
+        "--mem",
+        "--pid",
+        &pid,
+        "--min-age",
+        "1h",
+        "--frames",
+        "3",
+        "--format",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let truth = workload.run();
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(hawk_child.id() as i32, libc::SIGINT) };
+    assert!(hawk_child.wait().unwrap().success());
+    let outstanding = read_json(&outstanding_json(&out));
+    // Nothing is an hour old, but the live heap is still known.
+    assert_eq!(outstanding["stats"], serde_json::json!([]));
+    let heap = outstanding["heap_current_bytes"].as_u64().unwrap();
+    assert!(heap.abs_diff(truth["live"]) <= truth["live"] / 10, "{heap}");
+    // --frames 3: the process frame, at most three frames, the allocator leaf.
+    let allocated = read_json(&find_output(&out, "_alloc.json"));
+    for entry in allocated["stats"].as_array().unwrap() {
+        let n = entry["frames"].as_array().unwrap().len();
+        assert!(n <= 5, "{entry}");
+    }
+}
+
+#[test]
+fn record_mem_command_exits_mid_window() {
+    require_kernel!();
+    let out = scratch_dir("record-mem-command");
+    // stdin is empty: the workload runs straight through and exits.
+    let run = Command::new(hawk_bin())
+        .args([
+            "record",
+            "--mem",
+            "--duration",
+            "60s",
+            "--format",
+            "json",
+            "--out",
+            out.to_str().unwrap(),
+            "--",
+            MEM_WORKLOAD,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    // The process is gone when the files are written: its stacks are named
+    // from what the polls learned while it lived (it lingers 1.5 s).
+    let outstanding = read_json(&outstanding_json(&out));
+    let leak = weight_where(&outstanding, |f| has(f, "leak_memory"));
+    assert_eq!(leak, 32 * 64 * 1024, "{stderr}\n{outstanding:#}");
+}
+
+#[test]
+fn record_mem_bad_input_is_a_clear_error() {
+    let out = hawk(&["record", "--mem", "--min-age", "soon"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --min-age"));
+    require_kernel!();
+    let out = hawk(&["record", "--mem", "--pid", "999999999", "--duration", "1s"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such process"), "{err}");
+}
