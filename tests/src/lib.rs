@@ -5,6 +5,8 @@
 //! CAP_PERFMON). Where those are missing a test prints why and skips; `cargo
 //! xtask test` refuses to run without root, so CI never skips silently.
 
+pub mod http;
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

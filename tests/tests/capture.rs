@@ -2,12 +2,12 @@
 //! tokio + tracing + OpenTelemetry + the shim, and a C program exporting the
 //! marker by hand), real BPF programs.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use hawk_tests::http::{TracedService, frames_of};
 use hawk_tests::{find_output, hawk, hawk_bin, read_json, require_kernel, scratch_dir, target_dir};
 
 const TRACED_SERVICE: &str = env!("CARGO_BIN_EXE_traced_service");
@@ -72,69 +72,10 @@ impl Capture {
     }
 }
 
-/// The instrumented service: its pid and port; killed on drop.
-struct Service {
-    child: Child,
-    port: u16,
-}
-
-impl Service {
-    fn start() -> Self {
-        let mut child = Command::new(TRACED_SERVICE)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start traced_service");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready line");
-        let port = line
-            .split_whitespace()
-            .nth(2)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("traced_service printed {line:?}"));
-        Self { child, port }
-    }
-
-    /// GET `path` with a W3C traceparent for (trace, span); returns the body.
-    fn get(&self, path: &str, trace: &str, span: &str) -> String {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\ntraceparent: 00-{trace}-{span}-01\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("response");
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        response
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn frames_of(json: &serde_json::Value) -> Vec<String> {
-    json["stats"]
-        .as_array()
-        .expect("stats")
-        .iter()
-        .flat_map(|e| e["frames"].as_array().expect("frames").iter())
-        .map(|f| f.as_str().expect("frame").to_string())
-        .collect()
-}
-
 #[test]
 fn capture_collects_one_trace_across_threads_and_nothing_else() {
     require_kernel!();
-    let service = Service::start();
+    let service = TracedService::start(TRACED_SERVICE);
     let out = scratch_dir("capture-service");
     let capture = Capture::start(&[
         "--trace",
@@ -150,8 +91,9 @@ fn capture_collects_one_trace_across_threads_and_nothing_else() {
     std::thread::scope(|s| {
         s.spawn(|| service.get("/beta?ms=900", TRACE_B, SPAN_B));
         std::thread::sleep(Duration::from_millis(100));
-        let body = service.get("/alpha?ms=900", TRACE_A, SPAN_A);
-        assert!(body.contains(TRACE_A), "{body}");
+        let response = service.get("/alpha?ms=900", TRACE_A, SPAN_A);
+        assert_eq!(response.status, 200);
+        assert!(response.text().contains(TRACE_A), "{}", response.text());
     });
     let (code, stdout) = capture.wait();
     assert_eq!(code, 0, "capture failed: {stdout}");

@@ -4,12 +4,11 @@
 //! trace's profile asked for after the request finished (the instrumented
 //! service), `--out`, and SIGTERM.
 
-use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hawk_tests::http::{Response, TracedService, frames_of, get};
 use hawk_tests::{
     Workload, hawk, hawk_bin, require_kernel, scratch_dir, speedscope_schema_errors, weight_where,
 };
@@ -22,100 +21,6 @@ const TRACE_A: &str = "da3a0000da3a0000da3a0000da3a0001";
 const SPAN_A: &str = "00f067aa0ba902b7";
 const TRACE_B: &str = "da3b0000da3b0000da3b0000da3b0002";
 const SPAN_B: &str = "b7ad6b7169203331";
-
-/// An HTTP response.
-struct Response {
-    status: u16,
-    /// Lower-case header names.
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-
-    fn content_type(&self) -> &str {
-        self.headers
-            .get("content-type")
-            .map(String::as_str)
-            .unwrap_or("")
-    }
-}
-
-/// GET `path` from 127.0.0.1:`port` with extra headers, HTTP/1.1, one
-/// request per connection.
-fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read the response");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end: {}", String::from_utf8_lossy(&raw)));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {head}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect::<HashMap<_, _>>();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .get("transfer-encoding")
-        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
-    {
-        body = dechunk(&body);
-    }
-    Response {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&data[..eol])
-                .split(';')
-                .next()
-                .unwrap()
-                .trim(),
-            16,
-        )
-        .expect("chunk size");
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
-        data = &data[eol + 2 + size + 2..];
-    }
-}
 
 /// A running daemon; killed on drop.
 struct Daemon {
@@ -207,53 +112,6 @@ impl Drop for Daemon {
             eprintln!("daemon stderr:\n{}", stderr.join().unwrap_or_default());
         }
     }
-}
-
-/// The instrumented service: its port; killed on drop.
-struct Service {
-    child: Child,
-    port: u16,
-}
-
-impl Service {
-    fn start() -> Self {
-        let mut child = Command::new(TRACED_SERVICE)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start traced_service");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready line");
-        let port = line
-            .split_whitespace()
-            .nth(2)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("traced_service printed {line:?}"));
-        Self { child, port }
-    }
-
-    fn get(&self, path: &str, trace: &str, span: &str) -> Response {
-        let traceparent = format!("00-{trace}-{span}-01");
-        get(self.port, path, &[("traceparent", &traceparent)])
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn frames_of(json: &serde_json::Value) -> Vec<String> {
-    json["stats"]
-        .as_array()
-        .expect("stats")
-        .iter()
-        .flat_map(|e| e["frames"].as_array().expect("frames").iter())
-        .map(|f| f.as_str().expect("frame").to_string())
-        .collect()
 }
 
 #[test]
@@ -429,7 +287,7 @@ fn daemon_serves_profiles_health_and_metrics() {
 #[test]
 fn a_trace_profile_is_served_after_the_request_finished() {
     require_kernel!();
-    let service = Service::start();
+    let service = TracedService::start(TRACED_SERVICE);
     let out = scratch_dir("daemon-traces");
     let daemon = Daemon::start(&[
         "--freq",
@@ -779,7 +637,7 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 #[test]
 fn bounded_load_keeps_memory_flat_and_answers_without_errors() {
     require_kernel!();
-    let service = Service::start();
+    let service = TracedService::start(TRACED_SERVICE);
     let daemon = Daemon::start(&[
         "--freq",
         "99",

@@ -67,3 +67,21 @@ pub fn load(globals: &Globals) -> Result<Ebpf, CollectorError> {
         .override_global(hawk_common::globals::TRACED_ONLY, &traced_only, true);
     loader.load(BPF_OBJECT).map_err(CollectorError::Load)
 }
+
+/// The map `name` of `ebpf` as the typed map `T` (read-only view).
+pub fn map<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, CollectorError>
+where
+    T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map(name).ok_or(CollectorError::Missing(name))?;
+    T::try_from(map).map_err(|source| CollectorError::Map { name, source })
+}
+
+/// The map `name` of `ebpf` as the typed map `T` (writable view).
+pub fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, CollectorError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(CollectorError::Missing(name))?;
+    T::try_from(map).map_err(|source| CollectorError::Map { name, source })
+}

@@ -191,15 +191,7 @@ impl CpuSampler {
 
     /// Adds a process to the pid filter (it must have been started with pids).
     pub fn add_pid(&mut self, pid: u32) -> Result<(), CollectorError> {
-        let mut pids: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(maps::PIDS)
-                .ok_or(CollectorError::Missing("PIDS map"))?,
-        )
-        .map_err(|source| CollectorError::Map {
-            name: maps::PIDS,
-            source,
-        })?;
+        let mut pids: BpfHashMap<&mut MapData, u32, u8> = bpf::map_mut(&mut self.ebpf, maps::PIDS)?;
         pids.insert(pid, 1, 0)
             .map_err(|source| CollectorError::Map {
                 name: maps::PIDS,
@@ -217,25 +209,11 @@ impl CpuSampler {
     }
 
     fn counts(ebpf: &Ebpf) -> Result<BpfHashMap<&MapData, SampleKey, SampleValue>, CollectorError> {
-        BpfHashMap::try_from(
-            ebpf.map(maps::CPU_COUNTS)
-                .ok_or(CollectorError::Missing("CPU_COUNTS map"))?,
-        )
-        .map_err(|source| CollectorError::Map {
-            name: maps::CPU_COUNTS,
-            source,
-        })
+        bpf::map(ebpf, maps::CPU_COUNTS)
     }
 
     fn stacks(ebpf: &Ebpf) -> Result<StackTraceMap<&MapData>, CollectorError> {
-        StackTraceMap::try_from(
-            ebpf.map(maps::STACKS)
-                .ok_or(CollectorError::Missing("STACKS map"))?,
-        )
-        .map_err(|source| CollectorError::Map {
-            name: maps::STACKS,
-            source,
-        })
+        bpf::map(ebpf, maps::STACKS)
     }
 
     /// Learns the processes and user stacks that appeared since the last
@@ -284,15 +262,8 @@ impl CpuSampler {
         &mut self,
         matches: impl Fn(&TraceContext) -> bool,
     ) -> Result<Vec<(u32, u32, TraceContext)>, CollectorError> {
-        let mut map: BpfHashMap<&mut MapData, u64, TraceContext> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(maps::TRACE_CTX)
-                .ok_or(CollectorError::Missing("TRACE_CTX map"))?,
-        )
-        .map_err(|source| CollectorError::Map {
-            name: maps::TRACE_CTX,
-            source,
-        })?;
+        let mut map: BpfHashMap<&mut MapData, u64, TraceContext> =
+            bpf::map_mut(&mut self.ebpf, maps::TRACE_CTX)?;
         let mut live = Vec::new();
         let mut dead = Vec::new();
         for (pid_tgid, ctx) in map.iter().flatten() {
@@ -317,15 +288,7 @@ impl CpuSampler {
 
     /// The counters of the BPF program, summed over CPUs.
     pub fn kernel_stats(&self) -> Result<KernelStats, CollectorError> {
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(maps::STATS)
-                .ok_or(CollectorError::Missing("STATS map"))?,
-        )
-        .map_err(|source| CollectorError::Map {
-            name: maps::STATS,
-            source,
-        })?;
+        let array: PerCpuArray<&MapData, u64> = bpf::map(&self.ebpf, maps::STATS)?;
         let read = |i: u32| -> u64 {
             array
                 .get(&i, 0)
@@ -466,15 +429,8 @@ impl CpuSampler {
         }
 
         // Idle keys go; then the stacks no remaining key references.
-        let mut counts: BpfHashMap<&mut MapData, SampleKey, SampleValue> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(maps::CPU_COUNTS)
-                .ok_or(CollectorError::Missing("CPU_COUNTS map"))?,
-        )
-        .map_err(|source| CollectorError::Map {
-            name: maps::CPU_COUNTS,
-            source,
-        })?;
+        let mut counts: BpfHashMap<&mut MapData, SampleKey, SampleValue> =
+            bpf::map_mut(&mut self.ebpf, maps::CPU_COUNTS)?;
         for key in &idle {
             if counts.remove(key).is_ok() {
                 self.drain.stats.keys_evicted += 1;
@@ -486,15 +442,8 @@ impl CpuSampler {
         self.drain.taken.retain(|k, _| present.contains(k));
         let unreferenced = unreferenced_stacks(self.drain.stacks.keys(), self.drain.taken.keys());
         if !unreferenced.is_empty() {
-            let mut stacks: StackTraceMap<&mut MapData> = StackTraceMap::try_from(
-                self.ebpf
-                    .map_mut(maps::STACKS)
-                    .ok_or(CollectorError::Missing("STACKS map"))?,
-            )
-            .map_err(|source| CollectorError::Map {
-                name: maps::STACKS,
-                source,
-            })?;
+            let mut stacks: StackTraceMap<&mut MapData> =
+                bpf::map_mut(&mut self.ebpf, maps::STACKS)?;
             for id in &unreferenced {
                 if stacks.remove(&(*id as u32)).is_ok() {
                     self.drain.stats.stacks_freed += 1;

@@ -314,15 +314,7 @@ impl MemTracer {
     /// Traces `pid` too: puts it in the pid filter and attaches the probes
     /// to the C library it maps, for that process only.
     pub fn add_pid(&mut self, pid: u32) -> Result<(), CollectorError> {
-        let mut pids: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(maps::PIDS)
-                .ok_or(CollectorError::Missing("PIDS map"))?,
-        )
-        .map_err(|source| CollectorError::Map {
-            name: maps::PIDS,
-            source,
-        })?;
+        let mut pids: BpfHashMap<&mut MapData, u32, u8> = bpf::map_mut(&mut self.ebpf, maps::PIDS)?;
         pids.insert(pid, 1, 0)
             .map_err(|source| CollectorError::Map {
                 name: maps::PIDS,
@@ -366,36 +358,15 @@ impl MemTracer {
     fn totals(
         ebpf: &Ebpf,
     ) -> Result<BpfHashMap<&MapData, MemTotalKey, MemTotalValue>, CollectorError> {
-        BpfHashMap::try_from(
-            ebpf.map(mem_maps::TOTALS)
-                .ok_or(CollectorError::Missing("MEM_TOTALS map"))?,
-        )
-        .map_err(|source| CollectorError::Map {
-            name: mem_maps::TOTALS,
-            source,
-        })
+        bpf::map(ebpf, mem_maps::TOTALS)
     }
 
     fn live(ebpf: &Ebpf) -> Result<BpfHashMap<&MapData, MemLiveKey, MemLiveValue>, CollectorError> {
-        BpfHashMap::try_from(
-            ebpf.map(mem_maps::LIVE)
-                .ok_or(CollectorError::Missing("MEM_LIVE map"))?,
-        )
-        .map_err(|source| CollectorError::Map {
-            name: mem_maps::LIVE,
-            source,
-        })
+        bpf::map(ebpf, mem_maps::LIVE)
     }
 
     fn stacks(ebpf: &Ebpf) -> Result<StackTraceMap<&MapData>, CollectorError> {
-        StackTraceMap::try_from(
-            ebpf.map(maps::STACKS)
-                .ok_or(CollectorError::Missing("STACKS map"))?,
-        )
-        .map_err(|source| CollectorError::Map {
-            name: maps::STACKS,
-            source,
-        })
+        bpf::map(ebpf, maps::STACKS)
     }
 
     /// Learns the processes and stacks that appeared since the last poll,
@@ -435,15 +406,7 @@ impl MemTracer {
 
     /// The counters of the memory programs, summed over CPUs.
     pub fn kernel_stats(&self) -> Result<MemKernelStats, CollectorError> {
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(mem_maps::STATS)
-                .ok_or(CollectorError::Missing("MEM_STATS map"))?,
-        )
-        .map_err(|source| CollectorError::Map {
-            name: mem_maps::STATS,
-            source,
-        })?;
+        let array: PerCpuArray<&MapData, u64> = bpf::map(&self.ebpf, mem_maps::STATS)?;
         let read = |i: u32| -> u64 {
             array
                 .get(&i, 0)
