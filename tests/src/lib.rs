@@ -32,6 +32,22 @@ pub fn hawk_bin() -> PathBuf {
     bin
 }
 
+/// How many times slower than a host these tests run here: 4 under QEMU's
+/// software emulation (`cargo xtask vm-test` sets `HAWK_TEST_VM_ACCEL=tcg`),
+/// 1 elsewhere. Windows and workloads are stretched by it; assertions on
+/// what Hawk records are not.
+pub fn slowdown() -> f64 {
+    match std::env::var("HAWK_TEST_VM_ACCEL").as_deref() {
+        Ok("tcg") => 4.0,
+        _ => 1.0,
+    }
+}
+
+/// `secs × slowdown()` as a `--duration` or workload argument.
+pub fn secs(secs: f64) -> String {
+    format!("{}", secs * slowdown())
+}
+
 /// Why this machine cannot run the kernel tests, if it cannot.
 pub fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.

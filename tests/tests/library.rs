@@ -67,6 +67,9 @@ async fn profile_handler_profiles_this_process_and_carries_the_callers_trace() {
     let total = hawk_tests::weight_where(&json, |_| true);
     // ~1.5 s of one busy thread at 499 Hz; the rest of the process idles.
     assert!(hot > 300, "library_hot_function: {hot} of {total} samples");
-    assert!(hot * 10 >= total * 8, "{hot} of {total}");
+    // The rest is this process's own runtime (and, under software
+    // emulation, Hawk's polling, which is several times slower there).
+    let min_percent = if hawk_tests::slowdown() > 1.0 { 40 } else { 80 };
+    assert!(hot * 100 >= total * min_percent, "{hot} of {total}");
     assert_eq!(rendered.metadata.pid, std::process::id());
 }

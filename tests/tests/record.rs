@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use hawk_tests::{
-    Workload, cpu_seconds, find_output, hawk, read_json, require_kernel, scratch_dir,
+    Workload, cpu_seconds, find_output, hawk, read_json, require_kernel, scratch_dir, secs,
     speedscope_schema_errors, weight_where,
 };
 
@@ -76,8 +76,15 @@ fn record_pid_names_both_hot_functions_in_their_ratio() {
     // workload really got while hawk-ebpf ran.
     let samples = json["metadata"]["samples"].as_u64().unwrap();
     let expected = cpu_used * 499.0;
+    // Under software emulation the guest's cpu-clock loses timer periods
+    // when the host is busy while CPU time is still charged: only bound it.
+    let min_share = if hawk_tests::slowdown() > 1.0 {
+        0.15
+    } else {
+        0.6
+    };
     assert!(
-        samples as f64 <= expected * 1.1 && samples as f64 >= expected * 0.6,
+        samples as f64 <= expected * 1.1 && samples as f64 >= expected * min_share,
         "{samples} samples for {cpu_used:.2} s of CPU at 499 Hz (expected about {expected:.0})"
     );
 
@@ -202,8 +209,9 @@ fn system_wide_record_sees_a_busy_process() {
 #[test]
 fn user_only_and_kernel_only_restrict_the_stacks() {
     require_kernel!();
-    let workload = Workload::start(SYSCALL_HEAVY, &["8"]);
+    let workload = Workload::start(SYSCALL_HEAVY, &[&secs(8.0)]);
     let pid = workload.pid.to_string();
+    let window = format!("{}s", secs(1.0));
     for (flag, want_user, want_kernel) in
         [("--user-only", true, false), ("--kernel-only", false, true)]
     {
@@ -213,7 +221,7 @@ fn user_only_and_kernel_only_restrict_the_stacks() {
             "--pid",
             &pid,
             "--duration",
-            "1s",
+            &window,
             "--freq",
             "499",
             flag,
@@ -317,7 +325,7 @@ fn ctrl_c_ends_the_window_early_and_still_writes_the_files() {
     let out = scratch_dir("record-sigint");
     let pid = workload.pid.to_string();
     let started = Instant::now();
-    let child = std::process::Command::new(hawk_tests::hawk_bin())
+    let mut child = std::process::Command::new(hawk_tests::hawk_bin())
         .args([
             "record",
             "--pid",
@@ -334,10 +342,23 @@ fn ctrl_c_ends_the_window_early_and_still_writes_the_files() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(2000));
+    // Wait until it samples, let it sample a while, then Ctrl-C.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("sampling") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "hawk-ebpf ended before sampling"
+        );
+    }
+    std::thread::sleep(Duration::from_secs_f64(1.0 * hawk_tests::slowdown()));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let run = child.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let mut run = child.wait_with_output().unwrap();
+    run.stderr = rest.into_bytes();
     assert!(
         run.status.success(),
         "{}",
@@ -352,7 +373,7 @@ fn ctrl_c_ends_the_window_early_and_still_writes_the_files() {
 #[test]
 fn a_process_that_exits_during_the_window_is_still_symbolized() {
     require_kernel!();
-    let workload = Workload::start(CPU_SPLIT, &["1.5"]);
+    let workload = Workload::start(CPU_SPLIT, &[&secs(1.5)]);
     let out = scratch_dir("record-exit");
     let pid = workload.pid.to_string();
     let started = Instant::now();
@@ -375,7 +396,7 @@ fn a_process_that_exits_during_the_window_is_still_symbolized() {
         String::from_utf8_lossy(&run.stderr)
     );
     // The window ends when the only target exits.
-    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(started.elapsed() < Duration::from_secs_f64(15.0 * hawk_tests::slowdown()));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("all target processes exited"), "{stderr}");
     let json = read_json(&find_output(&out, ".json"));

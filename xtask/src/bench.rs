@@ -125,6 +125,9 @@ pub fn bench(quick: bool) -> Result<()> {
     let perf = cmd::probe(Command::new("perf").arg("--version")).is_some();
     if !perf {
         println!("perf not found (Debian package linux-perf): perf comparisons are skipped");
+    } else if cmd::probe(Command::new("inferno-flamegraph").arg("--help")).is_none() {
+        // The perf pipeline we compare with: perf script | inferno.
+        cmd::run(Command::new("cargo").args(["install", "inferno", "--locked"]))?;
     }
     let scratch = std::env::temp_dir().join(format!("hawk-bench-{}", std::process::id()));
     fs::create_dir_all(&scratch)?;

@@ -157,6 +157,10 @@ pub fn vm_test(options: &Options) -> Result<()> {
             outcome.error = Some(format!("{e:#}"));
         }
         outcome.secs = start.elapsed().as_secs_f64();
+        let run_dir = cache
+            .join(spec.name)
+            .join(format!("run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(run_dir);
         outcomes.push(outcome);
     }
     let _ = std::fs::remove_dir_all(&snapshot.dir);
@@ -223,7 +227,9 @@ fn test_kernel(
             spec.version_prefix
         );
     }
-    let run_dir = dir.join("run");
+    // Per process: several runs may share the target directory.
+    remove_stale(&dir, "run-");
+    let run_dir = dir.join(format!("run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run_dir);
     let results = run_dir.join("results");
     std::fs::create_dir_all(&results)
@@ -341,15 +347,10 @@ impl Snapshot {
     fn take(binaries: &[TestBinary], dir: &Path) -> Result<Self> {
         let _ = std::fs::remove_dir_all(dir);
         // Snapshots of runs that were killed (named after their process).
-        let parent = dir.parent().context("snapshot dir has no parent")?;
-        for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = name.strip_prefix("snapshot-")
-                && !Path::new("/proc").join(pid).exists()
-            {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
+        remove_stale(
+            dir.parent().context("snapshot dir has no parent")?,
+            "snapshot-",
+        );
         let mut dirs: Vec<(PathBuf, PathBuf)> = Vec::new();
         for binary in binaries {
             // target/<profile>/deps/<test>-<hash>
@@ -385,6 +386,21 @@ impl Snapshot {
     }
 }
 
+/// Removes the directories `<prefix><pid>` in `parent` whose process is gone
+/// (runs that were killed).
+fn remove_stale(parent: &Path, prefix: &str) {
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(prefix)
+            && !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     if std::fs::hard_link(from, to).is_err() {
         std::fs::copy(from, to)
@@ -407,8 +423,12 @@ fn fetch_kernel(spec: &KernelSpec, dir: &Path) -> Result<Kernel> {
         return Ok(kernel);
     }
     println!("fetching  kernel {} from {}", spec.name, suites(spec));
-    let _ = std::fs::remove_file(&ready);
-    let apt = Apt::new(&dir.join("apt"), spec)?;
+    // Everything is fetched into a directory of this process and moved into
+    // place at the end, so runs sharing the target directory do not clash.
+    remove_stale(dir, "fetch-");
+    let staging = dir.join(format!("fetch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let apt = Apt::new(&staging.join("apt"), spec)?;
     cmd::run(apt.command("apt-get").args(["-q", "update"]))?;
     let image = apt
         .depends("linux-image-amd64")?
@@ -423,9 +443,8 @@ fn fetch_kernel(spec: &KernelSpec, dir: &Path) -> Result<Kernel> {
             .into_iter()
             .filter(|p| p.starts_with("linux-binary-") || p.starts_with("linux-modules-")),
     );
-    let debs = dir.join("debs");
-    let _ = std::fs::remove_dir_all(&debs);
-    let _ = std::fs::remove_dir_all(&root);
+    let debs = staging.join("debs");
+    let new_root = staging.join("root");
     std::fs::create_dir_all(&debs).with_context(|| format!("cannot create {}", debs.display()))?;
     cmd::run(
         apt.command("apt-get")
@@ -436,10 +455,15 @@ fn fetch_kernel(spec: &KernelSpec, dir: &Path) -> Result<Kernel> {
     for entry in std::fs::read_dir(&debs)? {
         let deb = entry?.path();
         if deb.extension().is_some_and(|e| e == "deb") {
-            cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+            cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&new_root))?;
         }
     }
-    std::fs::remove_dir_all(&debs)?;
+    find_kernel(&new_root)?;
+    let _ = std::fs::remove_file(&ready);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::rename(&new_root, &root)
+        .with_context(|| format!("cannot move {} to {}", new_root.display(), root.display()))?;
+    let _ = std::fs::remove_dir_all(&staging);
     let kernel = find_kernel(&root)?;
     std::fs::write(&ready, format!("{}\n", kernel.release))?;
     println!("fetched   kernel {}: {}", spec.name, kernel.release);
@@ -996,4 +1020,37 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     )?;
     println!("installed {}: Debian packages", missing.join(", "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_libtest_summaries_and_skips() {
+        let mut counts = Counts::default();
+        for line in [
+            "HAWK-VM: kernel 6.1.0-56-amd64, 2 CPUs",
+            "test a ... SKIPPED: needs root (CAP_BPF, CAP_PERFMON)",
+            "ok",
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; \
+             finished in 4.15s",
+            "test result: FAILED. 6 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; \
+             finished in 101.67s",
+        ] {
+            count(line, &mut counts);
+        }
+        assert!(counts.started);
+        assert_eq!(counts.binaries, 2);
+        assert_eq!(counts.finish(), (8, 3, 2));
+    }
+
+    #[test]
+    fn module_names_drop_the_compression_and_use_underscores() {
+        assert_eq!(
+            module_name(Path::new("kernel/net/9p/9pnet_virtio.ko.xz")),
+            "9pnet_virtio"
+        );
+        assert_eq!(module_name(Path::new("virtio-iommu.ko")), "virtio_iommu");
+    }
 }

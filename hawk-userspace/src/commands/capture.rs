@@ -54,6 +54,8 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Captures the trace `args` names and returns its profile.
 pub async fn capture(args: &CaptureArgs) -> anyhow::Result<Profile> {
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     for pid in &args.pid {
         if !procs::exists(*pid) {
             anyhow::bail!("no such process: {pid}");
@@ -86,8 +88,6 @@ pub async fn capture(args: &CaptureArgs) -> anyhow::Result<Profile> {
 
     let mut symbolizer = Symbolizer::new();
     let mut procs = ProcessTable::default();
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut window = TraceWindow::new(
         WindowConfig {
             grace: args.grace,

@@ -68,6 +68,9 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Samples for the window `args` describe and returns the profile.
 pub async fn record(args: &RecordArgs) -> anyhow::Result<(Profile, EndReason)> {
+    // First of all, so that a Ctrl-C while loading still ends in files.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut pids = args.pid.clone();
     for pid in &pids {
         if !procs::exists(*pid) {
@@ -103,9 +106,22 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<(Profile, EndReason)> {
     if let Some(child) = child.as_mut() {
         child.release()?;
     }
-
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    eprintln!(
+        "hawk-ebpf: sampling {} at {} Hz for {:.1} s (Ctrl-C ends the window early)",
+        if pids.is_empty() {
+            "every process".to_string()
+        } else {
+            format!(
+                "pid {}",
+                pids.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+        args.freq,
+        args.duration.as_secs_f64()
+    );
     let deadline = tokio::time::sleep(args.duration);
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(POLL_INTERVAL);
