@@ -783,7 +783,8 @@ mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay 
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
 mount -t devtmpfs dev /newroot/dev
-mount -t tmpfs tmpfs /newroot/tmp
+# No tmpfs over /tmp: the checkout may live there (the overlay's upper
+# layer already makes /tmp writable).
 mount -t tmpfs tmpfs /newroot/run
 mount -t tracefs tracefs /newroot/sys/kernel/tracing || fail "mount tracefs"
 mount -t debugfs debugfs /newroot/sys/kernel/debug

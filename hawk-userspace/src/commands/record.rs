@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::launch::GatedChild;
 use crate::cli::RecordArgs;
@@ -68,26 +68,11 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Samples for the window `args` describe and returns the profile.
 pub async fn record(args: &RecordArgs) -> anyhow::Result<(Profile, EndReason)> {
-    // First of all, so that a Ctrl-C while loading still ends in files.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut pids = args.pid.clone();
-    for pid in &pids {
-        if !procs::exists(*pid) {
-            bail!("no such process: {pid}");
-        }
-    }
-    let mut child = match args.command.as_slice() {
-        [] => None,
-        [program, rest @ ..] => {
-            let child = GatedChild::spawn(program, rest)?;
-            pids.push(child.pid());
-            Some(child)
-        }
-    };
+    let mut interrupts = Interrupts::install()?;
+    let mut targets = Targets::new(args)?;
     let config = CpuConfig {
         frequency_hz: args.freq,
-        pids: pids.clone(),
+        pids: targets.pids.clone(),
         user_stacks: !args.kernel_only,
         kernel_stacks: !args.user_only,
         traced_only: false,
@@ -95,25 +80,23 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<(Profile, EndReason)> {
     let mut sampler = match CpuSampler::start(&config) {
         Ok(sampler) => sampler,
         Err(e) => {
-            if let Some(child) = child.as_mut() {
-                child.finish();
-            }
+            targets.finish();
             return Err(e.into());
         }
     };
     let mut symbolizer = Symbolizer::new();
     let mut procs = ProcessTable::default();
-    if let Some(child) = child.as_mut() {
-        child.release()?;
-    }
+    targets.release()?;
     eprintln!(
         "hawk-ebpf: sampling {} at {} Hz for {:.1} s (Ctrl-C ends the window early)",
-        if pids.is_empty() {
+        if targets.pids.is_empty() {
             "every process".to_string()
         } else {
             format!(
                 "pid {}",
-                pids.iter()
+                targets
+                    .pids
+                    .iter()
                     .map(u32::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -122,45 +105,22 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<(Profile, EndReason)> {
         args.freq,
         args.duration.as_secs_f64()
     );
-    let deadline = tokio::time::sleep(args.duration);
-    tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(POLL_INTERVAL);
-    let reason = loop {
-        tokio::select! {
-            _ = &mut deadline => break EndReason::Duration,
-            _ = sigint.recv() => break EndReason::Interrupted,
-            _ = sigterm.recv() => break EndReason::Interrupted,
-            _ = tick.tick() => {
-                sampler.poll(&mut procs, &mut symbolizer, |_| true)?;
-                if let Some(child) = child.as_mut() {
-                    if child.exited() {
-                        break EndReason::CommandExited;
-                    }
-                } else if !pids.is_empty() && !pids.iter().any(|p| procs::is_alive(*p)) {
-                    break EndReason::TargetsExited;
-                }
-            }
-        }
-    };
+    let reason = run_window(args.duration, &mut interrupts, &mut targets, || {
+        sampler.poll(&mut procs, &mut symbolizer, |_| true)?;
+        Ok(())
+    })
+    .await?;
     let end = SystemTime::now();
     sampler.stop();
     // One last look, for processes that appeared since the last tick.
     sampler.poll(&mut procs, &mut symbolizer, |_| true)?;
-    if let Some(mut child) = child {
-        let status = child.finish();
-        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
-            eprintln!(
-                "hawk-ebpf: the command exited with status {}",
-                libc::WEXITSTATUS(status)
-            );
-        }
-    }
+    targets.finish();
 
     let raw = sampler.read_samples()?;
     let kstats = sampler.kernel_stats()?;
     let mut metadata = Metadata::new(ProfileKind::Cpu, sampler.started(), end);
     metadata.frequency_hz = Some(sampler.frequency_hz());
-    metadata.target_pids = pids;
+    metadata.target_pids = targets.pids;
     metadata.stats.samples = kstats.samples;
     metadata.stats.lost_stacks = kstats.stack_errors;
     metadata.stats.dropped_samples = kstats.counts_full;
@@ -280,26 +240,13 @@ fn write_suffixed_files(
 
 /// Traces allocations for the window `args` describe.
 pub async fn record_mem(args: &RecordArgs) -> anyhow::Result<MemRecording> {
-    let mut pids = args.pid.clone();
-    for pid in &pids {
-        if !procs::exists(*pid) {
-            bail!("no such process: {pid}");
-        }
-    }
-    let mut child = match args.command.as_slice() {
-        [] => None,
-        [program, rest @ ..] => {
-            let child = GatedChild::spawn(program, rest)?;
-            pids.push(child.pid());
-            Some(child)
-        }
-    };
+    let mut interrupts = Interrupts::install()?;
+    let mut targets = Targets::new(args)?;
+    let pids = targets.pids.clone();
     let mut tracer = match MemTracer::start(&MemConfig { pids: pids.clone() }) {
         Ok(tracer) => tracer,
         Err(e) => {
-            if let Some(child) = child.as_mut() {
-                child.finish();
-            }
+            targets.finish();
             return Err(e.into());
         }
     };
@@ -328,46 +275,18 @@ pub async fn record_mem(args: &RecordArgs) -> anyhow::Result<MemRecording> {
     }
     let mut symbolizer = Symbolizer::new();
     let mut procs = ProcessTable::default();
-    if let Some(child) = child.as_mut() {
-        child.release()?;
-    }
+    targets.release()?;
     eprintln!("hawk-ebpf: tracing allocations");
-
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let deadline = tokio::time::sleep(args.duration);
-    tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(POLL_INTERVAL);
-    let reason = loop {
-        tokio::select! {
-            _ = &mut deadline => break EndReason::Duration,
-            _ = sigint.recv() => break EndReason::Interrupted,
-            _ = sigterm.recv() => break EndReason::Interrupted,
-            _ = tick.tick() => {
-                tracer.poll(&mut procs, &mut symbolizer)?;
-                if let Some(child) = child.as_mut() {
-                    if child.exited() {
-                        break EndReason::CommandExited;
-                    }
-                } else if !pids.is_empty() && !pids.iter().any(|p| procs::is_alive(*p)) {
-                    break EndReason::TargetsExited;
-                }
-            }
-        }
-    };
+    let reason = run_window(args.duration, &mut interrupts, &mut targets, || {
+        tracer.poll(&mut procs, &mut symbolizer)?;
+        Ok(())
+    })
+    .await?;
     let end = SystemTime::now();
     let end_ns = monotonic_ns();
     tracer.stop();
     tracer.poll(&mut procs, &mut symbolizer)?;
-    if let Some(mut child) = child {
-        let status = child.finish();
-        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
-            eprintln!(
-                "hawk-ebpf: the command exited with status {}",
-                libc::WEXITSTATUS(status)
-            );
-        }
-    }
+    targets.finish();
 
     let records = tracer.read(args.min_age, end_ns, args.frames)?;
     let kstats = tracer.kernel_stats()?;
@@ -407,5 +326,107 @@ pub async fn record_mem(args: &RecordArgs) -> anyhow::Result<MemRecording> {
         stats: kstats,
         live_allocations: records.live_allocations,
         reason,
+    })
+}
+
+/// What a window watches: the `--pid` targets and the command Hawk started,
+/// if any. Shared by the CPU and memory windows.
+struct Targets {
+    pids: Vec<u32>,
+    child: Option<GatedChild>,
+}
+
+impl Targets {
+    /// Checks the pids exist and starts the command, held before `exec`.
+    fn new(args: &RecordArgs) -> anyhow::Result<Self> {
+        let mut pids = args.pid.clone();
+        for pid in &pids {
+            if !procs::exists(*pid) {
+                bail!("no such process: {pid}");
+            }
+        }
+        let child = match args.command.as_slice() {
+            [] => None,
+            [program, rest @ ..] => {
+                let child = GatedChild::spawn(program, rest)?;
+                pids.push(child.pid());
+                Some(child)
+            }
+        };
+        Ok(Self { pids, child })
+    }
+
+    /// Lets the command run (once the probes are attached).
+    fn release(&mut self) -> anyhow::Result<()> {
+        match self.child.as_mut() {
+            Some(child) => child.release(),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the window should end because of its targets, if it should.
+    fn ended(&mut self) -> Option<EndReason> {
+        if let Some(child) = self.child.as_mut() {
+            child.exited().then_some(EndReason::CommandExited)
+        } else if !self.pids.is_empty() && !self.pids.iter().any(|p| procs::is_alive(*p)) {
+            Some(EndReason::TargetsExited)
+        } else {
+            None
+        }
+    }
+
+    /// Ends the command if it still runs and reports a failing exit.
+    fn finish(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = child.finish();
+            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+                eprintln!(
+                    "hawk-ebpf: the command exited with status {}",
+                    libc::WEXITSTATUS(status)
+                );
+            }
+        }
+    }
+}
+
+/// Ctrl-C and SIGTERM, installed before anything is loaded so that an
+/// interrupt during start-up still ends in files.
+struct Interrupts {
+    sigint: Signal,
+    sigterm: Signal,
+}
+
+impl Interrupts {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            sigterm: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
+    }
+}
+
+/// Runs a window: calls `poll` every [`POLL_INTERVAL`] until `duration`
+/// passes, an interrupt comes, or the targets are gone.
+async fn run_window(
+    duration: Duration,
+    interrupts: &mut Interrupts,
+    targets: &mut Targets,
+    mut poll: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<EndReason> {
+    let deadline = tokio::time::sleep(duration);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    Ok(loop {
+        tokio::select! {
+            _ = &mut deadline => break EndReason::Duration,
+            _ = interrupts.sigint.recv() => break EndReason::Interrupted,
+            _ = interrupts.sigterm.recv() => break EndReason::Interrupted,
+            _ = tick.tick() => {
+                poll()?;
+                if let Some(reason) = targets.ended() {
+                    break reason;
+                }
+            }
+        }
     })
 }
