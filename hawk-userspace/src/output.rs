@@ -97,6 +97,14 @@ pub fn utc_parts(at: SystemTime) -> UtcTime {
 }
 
 impl UtcTime {
+    /// `2024-01-09_12-30-45`: the date and time part of Hawk's file names.
+    pub fn file_stamp(&self) -> String {
+        format!(
+            "{:04}-{:02}-{:02}_{:02}-{:02}-{:02}",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+
     /// The instant these fields name, or `None` when a field is out of range.
     pub fn to_system_time(self) -> Option<SystemTime> {
         if !(-1_000_000..=1_000_000).contains(&self.year) {
@@ -171,16 +179,10 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 /// `hwk_cpu_ebpf_profile_2024-01-09_12-30-45_trace-<32 hex>_span-<16 hex>`.
 /// `at` is the window start and is written in UTC.
 pub fn file_stem(kind: ProfileKind, at: SystemTime, trace: Option<&TraceIds>) -> String {
-    let t = utc_parts(at);
     let mut stem = format!(
-        "hwk_{}_{PROFILER_NAME}_profile_{:04}-{:02}-{:02}_{:02}-{:02}-{:02}",
+        "hwk_{}_{PROFILER_NAME}_profile_{}",
         kind.as_str(),
-        t.year,
-        t.month,
-        t.day,
-        t.hour,
-        t.minute,
-        t.second
+        utc_parts(at).file_stamp()
     );
     if let Some(ids) = trace {
         stem.push_str(&format!("_trace-{}_span-{}", ids.trace_id, ids.span_id));

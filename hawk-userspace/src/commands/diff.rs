@@ -343,16 +343,10 @@ fn short(path: &Path) -> String {
 
 /// `hwk_<kind>_ebpf_diff_<date>_<time>.svg`, `at` in UTC.
 pub fn file_name(kind: ProfileKind, at: SystemTime) -> String {
-    let t = utc_parts(at);
     format!(
-        "hwk_{}_{PROFILER_NAME}_diff_{:04}-{:02}-{:02}_{:02}-{:02}-{:02}.svg",
+        "hwk_{}_{PROFILER_NAME}_diff_{}.svg",
         kind.as_str(),
-        t.year,
-        t.month,
-        t.day,
-        t.hour,
-        t.minute,
-        t.second
+        utc_parts(at).file_stamp()
     )
 }
 
