@@ -85,3 +85,19 @@ where
     let map = ebpf.map_mut(name).ok_or(CollectorError::Missing(name))?;
     T::try_from(map).map_err(|source| CollectorError::Map { name, source })
 }
+
+/// The program `name` of `ebpf` as the typed program `T`.
+pub fn program_mut<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut T, CollectorError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(CollectorError::Missing(name))?;
+    program
+        .try_into()
+        .map_err(|source| CollectorError::Program { name, source })
+}

@@ -14,6 +14,7 @@ use hawk_common::{STACK_KERNEL, STACK_USER, SampleKey, SampleValue, TraceContext
 
 use super::bpf::{self, CollectorError, Globals};
 use super::procs::{self, ProcessTable};
+use super::stacks::SeenStacks;
 use crate::symbolize::Symbolizer;
 
 /// Samples counted into a key since the last drain: its count now minus the
@@ -83,9 +84,7 @@ pub struct CpuSampler {
     started: SystemTime,
     frequency_hz: u64,
     /// (pid, user stack id) pairs already normalized.
-    seen_stacks: HashSet<(u32, i32)>,
-    /// Processes whose maps could not be read in time.
-    unmapped: HashSet<u32>,
+    seen: SeenStacks,
     /// What [`CpuSampler::drain`] has taken so far.
     drain: DrainState,
 }
@@ -151,8 +150,7 @@ impl CpuSampler {
             ebpf,
             started: SystemTime::now(),
             frequency_hz: config.frequency_hz,
-            seen_stacks: HashSet::new(),
-            unmapped: HashSet::new(),
+            seen: SeenStacks::default(),
             drain: DrainState::default(),
         };
         for pid in &config.pids {
@@ -165,12 +163,7 @@ impl CpuSampler {
 
     fn attach(&mut self) -> Result<(), CollectorError> {
         let name = hawk_common::programs::CPU_SAMPLE;
-        let program: &mut PerfEvent = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(CollectorError::Missing("perf_event program"))?
-            .try_into()
-            .map_err(|source| CollectorError::Program { name, source })?;
+        let program: &mut PerfEvent = bpf::program_mut(&mut self.ebpf, name)?;
         program
             .load()
             .map_err(|source| CollectorError::Program { name, source })?;
@@ -235,23 +228,12 @@ impl CpuSampler {
             }
             matching += value.count;
             procs.observe(key.pid);
-            if key.user_stack_id >= 0 && self.seen_stacks.insert((key.pid, key.user_stack_id)) {
+            if self.seen.is_new(key.pid, key.user_stack_id) {
                 fresh.push((key.pid, key.user_stack_id));
             }
         }
         let stacks = Self::stacks(&self.ebpf)?;
-        let fresh: Vec<(u32, Vec<u64>)> = fresh
-            .into_iter()
-            .filter_map(|(pid, id)| {
-                let trace = stacks.get(&(id as u32), 0).ok()?;
-                Some((pid, trace.frames().iter().map(|f| f.ip).collect()))
-            })
-            .collect();
-        for (pid, ips) in fresh {
-            if !symbolizer.normalize(pid, &ips) {
-                self.unmapped.insert(pid);
-            }
-        }
+        self.seen.normalize_from(&stacks, symbolizer, fresh);
         Ok(matching)
     }
 
@@ -305,7 +287,7 @@ impl CpuSampler {
 
     /// Processes that exited before their memory maps could be read.
     pub fn unmapped_processes(&self) -> usize {
-        self.unmapped.len()
+        self.seen.unmapped_processes()
     }
 
     /// Every aggregated sample so far, with its stacks read out.
@@ -402,10 +384,7 @@ impl CpuSampler {
                 };
                 let user_stack = read(key.user_stack_id);
                 let kernel_stack = read(key.kernel_stack_id);
-                if key.user_stack_id >= 0
-                    && !user_stack.is_empty()
-                    && self.seen_stacks.insert((key.pid, key.user_stack_id))
-                {
+                if !user_stack.is_empty() && self.seen.is_new(key.pid, key.user_stack_id) {
                     fresh_stacks.push((key.pid, key.user_stack_id));
                 }
                 state.stats.samples += delta;
@@ -421,10 +400,8 @@ impl CpuSampler {
             }
         }
         for (pid, id) in fresh_stacks {
-            if let Some(ips) = self.drain.stacks.get(&id)
-                && !symbolizer.normalize(pid, ips)
-            {
-                self.unmapped.insert(pid);
+            if let Some(ips) = self.drain.stacks.get(&id) {
+                self.seen.normalize(symbolizer, pid, ips);
             }
         }
 
@@ -451,7 +428,7 @@ impl CpuSampler {
                 self.drain.stacks.remove(id);
             }
             let gone: HashSet<i32> = unreferenced.into_iter().collect();
-            self.seen_stacks.retain(|(_, id)| !gone.contains(id));
+            self.seen.forget(&gone);
         }
         self.drain.stats.keys_held = self.drain.taken.len() as u64;
         self.drain.stats.stacks_held = self.drain.stacks.len() as u64;

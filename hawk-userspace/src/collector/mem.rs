@@ -31,6 +31,7 @@ use hawk_common::{TraceContext, maps};
 use super::bpf::{self, CollectorError, Globals};
 use super::cpu::RawSample;
 use super::procs::{self, ProcessTable};
+use super::stacks::SeenStacks;
 use crate::symbolize::Symbolizer;
 
 /// What to trace.
@@ -261,8 +262,7 @@ pub struct MemTracer {
     started: SystemTime,
     /// The library and probe points, per attachment.
     attachments: Vec<(PathBuf, Vec<ProbePoint>)>,
-    seen_stacks: HashSet<(u32, i32)>,
-    unmapped: HashSet<u32>,
+    seen: SeenStacks,
 }
 
 impl MemTracer {
@@ -283,8 +283,7 @@ impl MemTracer {
             ebpf,
             started: SystemTime::now(),
             attachments: Vec::new(),
-            seen_stacks: HashSet::new(),
-            unmapped: HashSet::new(),
+            seen: SeenStacks::default(),
         };
         for name in PROGRAMS {
             tracer
@@ -304,11 +303,7 @@ impl MemTracer {
     }
 
     fn program(&mut self, name: &'static str) -> Result<&mut UProbe, CollectorError> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or(CollectorError::Missing("memory uprobe program"))?
-            .try_into()
-            .map_err(|source| CollectorError::Program { name, source })
+        bpf::program_mut(&mut self.ebpf, name)
     }
 
     /// Traces `pid` too: puts it in the pid filter and attaches the probes
@@ -382,26 +377,18 @@ impl MemTracer {
         for (key, value) in Self::totals(&self.ebpf)?.iter().flatten() {
             calls += value.count;
             procs.observe(key.pid);
-            if key.stack_id >= 0 && self.seen_stacks.insert((key.pid, key.stack_id)) {
+            if self.seen.is_new(key.pid, key.stack_id) {
                 fresh.push((key.pid, key.stack_id));
             }
         }
         let stacks = Self::stacks(&self.ebpf)?;
-        for (pid, id) in fresh {
-            let Ok(trace) = stacks.get(&(id as u32), 0) else {
-                continue;
-            };
-            let ips: Vec<u64> = trace.frames().iter().map(|f| f.ip).collect();
-            if !symbolizer.normalize(pid, &ips) {
-                self.unmapped.insert(pid);
-            }
-        }
+        self.seen.normalize_from(&stacks, symbolizer, fresh);
         Ok(calls)
     }
 
     /// Processes that exited before their memory maps could be read.
     pub fn unmapped_processes(&self) -> usize {
-        self.unmapped.len()
+        self.seen.unmapped_processes()
     }
 
     /// The counters of the memory programs, summed over CPUs.

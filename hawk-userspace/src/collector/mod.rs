@@ -9,5 +9,6 @@ pub mod cpu;
 pub mod mem;
 pub mod procs;
 pub mod shim;
+mod stacks;
 
 pub use bpf::CollectorError;

@@ -19,8 +19,8 @@ use blazesym::inspect::Inspector;
 use blazesym::inspect::source::{Elf, Source};
 use hawk_common::{maps, programs};
 
-use super::CollectorError;
 use super::check::ensure_tracefs;
+use super::{CollectorError, bpf};
 
 /// The marker symbol of the trace-context contract.
 pub const MARKER: &str = "hawk_trace_context_set";
@@ -46,11 +46,7 @@ impl ShimAttacher {
     /// by [`ShimAttacher::scan_new_processes`] only.
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, CollectorError> {
         let name = programs::TRACE_CONTEXT_SET;
-        let uprobe: &mut UProbe = ebpf
-            .program_mut(name)
-            .ok_or(CollectorError::Missing("trace-context uprobe"))?
-            .try_into()
-            .map_err(|source| CollectorError::Program { name, source })?;
+        let uprobe: &mut UProbe = bpf::program_mut(ebpf, name)?;
         uprobe
             .load()
             .map_err(|source| CollectorError::Program { name, source })?;
@@ -73,11 +69,7 @@ impl ShimAttacher {
 
     fn attach_exec_tracepoint(ebpf: &mut Ebpf) -> Result<Option<RingBuf<MapData>>, CollectorError> {
         let name = programs::SCHED_EXEC;
-        let tp: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(CollectorError::Missing("exec tracepoint"))?
-            .try_into()
-            .map_err(|source| CollectorError::Program { name, source })?;
+        let tp: &mut TracePoint = bpf::program_mut(ebpf, name)?;
         tp.load()
             .map_err(|source| CollectorError::Program { name, source })?;
         tp.attach("sched", "sched_process_exec")
@@ -182,11 +174,7 @@ impl ShimAttacher {
             return Ok(());
         }
         let name = programs::TRACE_CONTEXT_SET;
-        let uprobe: &mut UProbe = ebpf
-            .program_mut(name)
-            .ok_or(CollectorError::Missing("trace-context uprobe"))?
-            .try_into()
-            .map_err(|source| CollectorError::Program { name, source })?;
+        let uprobe: &mut UProbe = bpf::program_mut(ebpf, name)?;
         uprobe
             .attach(MARKER, path, UProbeScope::AllProcesses)
             .map_err(|source| CollectorError::Program { name, source })?;
