@@ -184,6 +184,16 @@ pub mod mem {
         pub const ALLOC_RETURN: &str = "hawk_mem_alloc_return";
         /// uprobe on `free(ptr)` (may sit a few instructions into it).
         pub const FREE: &str = "hawk_mem_free";
+        /// uprobe on the shim's `hawk_alloc_sample(ptr, size, weight)` marker.
+        pub const ALLOC_SAMPLE: &str = "hawk_mem_alloc_sample";
+        /// uprobe on the shim's `hawk_free_sample(ptr)` marker.
+        pub const FREE_SAMPLE: &str = "hawk_mem_free_sample";
+        /// Tracepoint `syscalls/sys_enter_mmap`.
+        pub const MMAP_ENTER: &str = "hawk_mem_mmap_enter";
+        /// Tracepoint `syscalls/sys_exit_mmap`.
+        pub const MMAP_EXIT: &str = "hawk_mem_mmap_exit";
+        /// Tracepoint `syscalls/sys_enter_munmap`.
+        pub const MUNMAP: &str = "hawk_mem_munmap";
     }
 
     /// Which allocation function a record came from.
@@ -194,6 +204,11 @@ pub mod mem {
         pub const MEMALIGN: u32 = 4;
         pub const VALLOC: u32 = 5;
         pub const POSIX_MEMALIGN: u32 = 6;
+        /// An allocation the shim's sampled allocator reported; its bytes
+        /// are the weight it stands for.
+        pub const SAMPLED: u32 = 7;
+        /// An anonymous `mmap` made outside the allocator.
+        pub const MMAP: u32 = 8;
 
         /// The function's name (`malloc`, …), `alloc` when unknown.
         pub fn name(kind: u32) -> &'static str {
@@ -204,6 +219,8 @@ pub mod mem {
                 MEMALIGN => "memalign",
                 VALLOC => "valloc",
                 POSIX_MEMALIGN => "posix_memalign",
+                SAMPLED => "hawk_alloc_sample",
+                MMAP => "mmap",
                 _ => "alloc",
             }
         }
@@ -227,8 +244,15 @@ pub mod mem {
         pub const STACK_ERRORS: u32 = 5;
         /// Allocation calls that failed (returned NULL).
         pub const FAILED: u32 = 6;
+        /// Sampled allocations the shim reported (each stands for `weight`
+        /// bytes; `ALLOCS` counts them too).
+        pub const SAMPLED: u32 = 7;
+        /// Anonymous mmaps recorded (`ALLOCS` counts them too).
+        pub const MMAPS: u32 = 8;
+        /// munmaps of a recorded mapping (`FREES` counts them too).
+        pub const MUNMAPS: u32 = 9;
         /// Number of counters.
-        pub const LEN: u32 = 7;
+        pub const LEN: u32 = 10;
     }
 
     /// Key of `MEM_LIVE`: an address in a process.

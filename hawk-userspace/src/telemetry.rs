@@ -203,11 +203,15 @@ pub fn profile_attributes(profile: &Profile, formats: &[Format]) -> Vec<KeyValue
     if let Some(hz) = m.frequency_hz {
         attrs.push(KeyValue::new("hawk.frequency", hz as i64));
     }
-    if m.kind == ProfileKind::Mem {
+    if let Some(mem) = &m.mem {
+        attrs.push(KeyValue::new("hawk.frames", mem.max_frames as i64));
+        attrs.push(KeyValue::new("hawk.mem.source", mem.source.as_str()));
+        attrs.push(KeyValue::new("hawk.mem.view", mem.view.as_str()));
         attrs.push(KeyValue::new(
-            "hawk.frames",
-            hawk_common::MAX_STACK_DEPTH as i64,
+            "hawk.mem.allocations",
+            mem.allocations as i64,
         ));
+        attrs.push(KeyValue::new("hawk.mem.frees", mem.frees as i64));
     }
     if !m.target_pids.is_empty() {
         let targets: Vec<StringValue> = m

@@ -35,7 +35,7 @@ use super::stacks::SeenStacks;
 use crate::symbolize::Symbolizer;
 
 /// What to trace.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct MemConfig {
     /// Processes to trace; empty means every process using the C library
     /// Hawk itself maps.

@@ -9,12 +9,13 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::launch::GatedChild;
 use crate::cli::RecordArgs;
-use crate::collector::cpu::{CpuConfig, CpuSampler, RawSample};
+use crate::collector::cpu::{CpuConfig, CpuSampler};
 use crate::collector::mem::{MemConfig, MemKernelStats, MemTracer, monotonic_ns};
 use crate::collector::procs::{self, ProcessTable};
 use crate::correlate::build_profile;
+use crate::correlate::mem::{MemProfiles, MemSettings, build_mem_profiles};
 use crate::output;
-use crate::profile::{Frame, FrameKind, Metadata, Profile, ProfileKind};
+use crate::profile::{MemSource, Metadata, Profile, ProfileKind};
 use crate::render::{self, Format};
 use crate::symbolize::Symbolizer;
 
@@ -292,34 +293,24 @@ pub async fn record_mem(args: &RecordArgs) -> anyhow::Result<MemRecording> {
     let kstats = tracer.kernel_stats()?;
     let mut metadata = Metadata::new(ProfileKind::Mem, tracer.started(), end);
     metadata.target_pids = pids;
-    metadata.stats.samples = kstats.allocations;
-    metadata.stats.lost_stacks = kstats.stack_errors;
-    metadata.stats.dropped_samples = kstats.live_full + kstats.totals_full;
     metadata.stats.unmapped_processes = tracer.unmapped_processes() as u64;
-    metadata.heap_current_bytes = Some(records.heap_current_bytes);
-    let mut build = |raw: &[(RawSample, u32)]| {
-        let samples: Vec<RawSample> = raw.iter().map(|(s, _)| s.clone()).collect();
-        let mut profile =
-            build_profile(&samples, &mut symbolizer, &procs, metadata.clone(), |_| {
-                true
-            });
-        // The allocator function as the leaf under its call site.
-        for (sample, (_, kind)) in profile.samples.iter_mut().zip(raw) {
-            sample.frames.push(Frame::new(
-                hawk_common::mem::kind::name(*kind),
-                FrameKind::User,
-            ));
-        }
-        // Frames without a name, counted once per stack (not per byte).
-        profile.metadata.stats.unsymbolized_frames = profile
-            .samples
-            .iter()
-            .map(|s| s.frames.iter().filter(|f| f.name.contains("+0x")).count() as u64)
-            .sum();
-        profile
+    let settings = MemSettings {
+        source: MemSource::Libc,
+        max_frames: args.frames,
+        min_age: args.min_age,
     };
-    let outstanding = build(&records.outstanding);
-    let allocated = build(&records.allocated);
+    let MemProfiles {
+        outstanding,
+        allocated,
+    } = build_mem_profiles(
+        &records,
+        &kstats,
+        settings,
+        &mut symbolizer,
+        &procs,
+        metadata,
+        |_| true,
+    );
     Ok(MemRecording {
         outstanding,
         allocated,

@@ -3,6 +3,7 @@
 //! context the thread was serving. [`window`] decides when a trace-triggered
 //! window opens and closes.
 
+pub mod mem;
 pub mod window;
 
 use std::collections::HashMap;

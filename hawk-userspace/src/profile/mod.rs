@@ -119,6 +119,67 @@ pub struct Metadata {
     pub stats: Stats,
     /// Live heap bytes at the end of the window (mem).
     pub heap_current_bytes: Option<u64>,
+    /// How a memory profile was collected (mem).
+    pub mem: Option<MemInfo>,
+}
+
+/// Where allocation events come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemSource {
+    /// uprobes on the C library's allocator: every call, exact bytes.
+    Libc,
+    /// The shim's sampled allocator: about one allocation per mean interval
+    /// of bytes, each weighted by the bytes it stands for (estimates).
+    Sampled,
+}
+
+impl MemSource {
+    /// `libc` or `sampled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemSource::Libc => "libc",
+            MemSource::Sampled => "sampled",
+        }
+    }
+}
+
+/// Which view of the allocations a memory profile weighs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemView {
+    /// Bytes not freed at the end of the window (older than `min_age`).
+    Outstanding,
+    /// Bytes allocated during the window, freed or not.
+    Allocated,
+}
+
+impl MemView {
+    /// `outstanding` or `allocated`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemView::Outstanding => "outstanding",
+            MemView::Allocated => "allocated",
+        }
+    }
+}
+
+/// The counters and settings of a memory profile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemInfo {
+    pub source: MemSource,
+    pub view: MemView,
+    /// Allocation calls in the window (estimated from the samples when
+    /// `source` is sampled).
+    pub allocations: u64,
+    /// Frees of tracked allocations (sampled: of sampled allocations).
+    pub frees: u64,
+    /// Frees of blocks allocated before tracing began (counted, not errors).
+    pub unknown_frees: u64,
+    /// Allocations still live at the end of the window.
+    pub live_allocations: u64,
+    /// The most frames kept per stack (`--frames`; `hawk.frames`).
+    pub max_frames: usize,
+    /// Allocations younger than this are left out of the outstanding view.
+    pub min_age: Duration,
 }
 
 impl Metadata {
@@ -132,6 +193,7 @@ impl Metadata {
             trace: None,
             stats: Stats::default(),
             heap_current_bytes: None,
+            mem: None,
         }
     }
 

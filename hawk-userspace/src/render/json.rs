@@ -8,14 +8,18 @@
 //!   "metadata": {"frequency_hz": 99, "interval_secs": 0.0101…, "start": "2024-01-09T12:30:45.123Z",
 //!                "end": …, "duration_secs": 10.0, "samples": …, "total_weight": …,
 //!                "lost_stacks": …, "dropped_samples": …, "unsymbolized_frames": …,
-//!                "unmapped_processes": …, "pids": […], "target_pids": […], "unit": "samples"},
+//!                "unmapped_processes": …, "pids": […], "target_pids": […], "unit": "samples",
+//!                "mem": {"source": "libc"|"sampled", "view": "outstanding"|"allocated",
+//!                        "allocations": …, "frees": …, "unknown_frees": …,
+//!                        "live_allocations": …, "frames": 127, "min_age_secs": 0.0}},
 //!   "stats": [{"frames": ["comm (pid)", "main", …], "samples": 50, "pid": 4242, "comm": "comm"}, …],
 //!   "heap_current_bytes": 70000
 //! }
 //! ```
 //!
 //! `trace_context` is present only for a trace's profile; `heap_current_bytes`
-//! only for a memory profile whose live heap size is known. `frequency_hz`
+//! only for a memory profile whose live heap size is known, and
+//! `metadata.mem` only for a memory profile. `frequency_hz`
 //! and `interval_secs` are `null` when there is no sampling frequency. Each
 //! stats entry carries `samples` (cpu) or `bytes` (mem), heaviest first.
 //! Frames are plain names, root first, starting with the process frame;
@@ -24,7 +28,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::output::{PROFILER_NAME, UtcTime, utc_parts};
-use crate::profile::{Frame, FrameKind, Metadata, Profile, ProfileKind, Sample, Stats, TraceIds};
+use crate::profile::{
+    Frame, FrameKind, MemInfo, MemSource, MemView, Metadata, Profile, ProfileKind, Sample, Stats,
+    TraceIds,
+};
 
 use super::RenderError;
 
@@ -75,6 +82,20 @@ struct MetadataJson {
     target_pids: Vec<u32>,
     #[serde(default)]
     unit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mem: Option<MemJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MemJson {
+    source: String,
+    view: String,
+    allocations: u64,
+    frees: u64,
+    unknown_frees: u64,
+    live_allocations: u64,
+    frames: usize,
+    min_age_secs: f64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -135,6 +156,16 @@ fn to_json(profile: &Profile) -> HawkJson {
             pids: profile.pids(),
             target_pids: m.target_pids.clone(),
             unit: m.kind.unit().to_string(),
+            mem: m.mem.as_ref().map(|mem| MemJson {
+                source: mem.source.as_str().to_string(),
+                view: mem.view.as_str().to_string(),
+                allocations: mem.allocations,
+                frees: mem.frees,
+                unknown_frees: mem.unknown_frees,
+                live_allocations: mem.live_allocations,
+                frames: mem.max_frames,
+                min_age_secs: mem.min_age.as_secs_f64(),
+            }),
         },
         stats,
         heap_current_bytes: m.heap_current_bytes.filter(|_| m.kind == ProfileKind::Mem),
@@ -244,6 +275,24 @@ pub fn parse(bytes: &[u8]) -> Result<Profile, RenderError> {
             unmapped_processes: md.unmapped_processes,
         },
         heap_current_bytes: json.heap_current_bytes,
+        mem: md.mem.map(|mem| MemInfo {
+            source: if mem.source == "sampled" {
+                MemSource::Sampled
+            } else {
+                MemSource::Libc
+            },
+            view: if mem.view == "allocated" {
+                MemView::Allocated
+            } else {
+                MemView::Outstanding
+            },
+            allocations: mem.allocations,
+            frees: mem.frees,
+            unknown_frees: mem.unknown_frees,
+            live_allocations: mem.live_allocations,
+            max_frames: mem.frames,
+            min_age: std::time::Duration::try_from_secs_f64(mem.min_age_secs).unwrap_or_default(),
+        }),
     };
     let mut profile = Profile::new(metadata);
     for (i, stack) in json.stats.into_iter().enumerate() {

@@ -293,6 +293,16 @@ pub(crate) mod testutil {
         let mut m = Metadata::new(ProfileKind::Mem, start, start + Duration::from_millis(2500));
         m.stats.samples = 9;
         m.heap_current_bytes = Some(70_000);
+        m.mem = Some(crate::profile::MemInfo {
+            source: crate::profile::MemSource::Libc,
+            view: crate::profile::MemView::Outstanding,
+            allocations: 9,
+            frees: 3,
+            unknown_frees: 1,
+            live_allocations: 4,
+            max_frames: 127,
+            min_age: Duration::from_millis(500),
+        });
         let mut p = Profile::new(m);
         p.samples = vec![
             sample(
