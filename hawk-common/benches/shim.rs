@@ -11,11 +11,16 @@
 //!   without and with `HawkLayer`. The difference is the layer's cost.
 //! - `span_lifecycle/*`: creating, entering, exiting and closing a span, the
 //!   same two ways.
+//! - `alloc_free_64/*`: allocating and freeing 64 bytes through `System`
+//!   and through `SampledAlloc<System>` at the default interval (the
+//!   sampled allocator's cost when no profiler is attached).
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use hawk_common::shim::{self, HawkLayer, hawk_trace_context_set};
+use std::alloc::{GlobalAlloc, Layout, System};
+
+use hawk_common::shim::{self, HawkLayer, SampledAlloc, hawk_trace_context_set};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Dispatch;
@@ -72,5 +77,22 @@ fn spans(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, marker, guard, spans);
+fn alloc(c: &mut Criterion) {
+    fn alloc_free(c: &mut Criterion, name: &str, allocator: &impl GlobalAlloc) {
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                // SAFETY: a non-zero layout; the block is freed once, with it.
+                unsafe {
+                    let p = allocator.alloc(black_box(layout));
+                    allocator.dealloc(black_box(p), layout);
+                }
+            })
+        });
+    }
+    alloc_free(c, "alloc_free_64/system", &System);
+    alloc_free(c, "alloc_free_64/sampled", &SampledAlloc::new(System));
+}
+
+criterion_group!(benches, marker, guard, spans, alloc);
 criterion_main!(benches);

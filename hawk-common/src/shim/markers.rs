@@ -87,17 +87,15 @@ marker! {
 
 marker! {
     /// Reports one sampled allocation (`ptr`, `size` bytes) standing for
-    /// `weight` bytes of allocations, for the shim's sampled allocator. The
-    /// function itself does nothing. (Declared for the memory profiler; no
-    /// allocator calls it yet.)
+    /// `weight` bytes of allocations, for the shim's sampled allocator
+    /// ([`crate::shim::SampledAlloc`]). The function itself does nothing.
     fn hawk_alloc_sample(ptr: u64, size: u64, weight: u64);
 }
 
 marker! {
     /// Reports that a sampled allocation (one reported by
-    /// [`hawk_alloc_sample`]) at `ptr` was freed, for the shim's sampled
-    /// allocator. The function itself does nothing. (Declared for the memory
-    /// profiler; no allocator calls it yet.)
+    /// [`hawk_alloc_sample`]) at `ptr` is being freed, for the shim's sampled
+    /// allocator. The function itself does nothing.
     fn hawk_free_sample(ptr: u64);
 }
 

@@ -19,13 +19,17 @@
 //! With no profiler attached, publishing costs a few nanoseconds (one call to
 //! an empty function); see `benches/shim.rs`.
 //!
-//! [`hawk_alloc_sample`] and [`hawk_free_sample`] are the markers of the
-//! sampled allocator (the memory profiler); nothing calls them yet.
+//! For memory profiling, [`SampledAlloc`] wraps the program's global
+//! allocator and reports about one allocation per mean interval of bytes
+//! through the [`hawk_alloc_sample`] and [`hawk_free_sample`] markers: Hawk
+//! then traces those instead of every call into the C library's allocator.
 
+mod alloc;
 mod guard;
 mod layer;
 mod markers;
 
+pub use alloc::{DEFAULT_MEAN_INTERVAL, SampledAlloc};
 pub use guard::{ContextGuard, clear, current, set_context, set_current, set_span_context};
 pub use layer::HawkLayer;
 pub use markers::{
