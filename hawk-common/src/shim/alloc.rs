@@ -213,7 +213,7 @@ fn weight(size: u64, mean: u64) -> u64 {
 /// A draw from the exponential distribution of mean `mean`, at least 1.
 fn next_interval(mean: u64) -> u64 {
     // Uniform in (0, 1]: 53 random bits, plus one so it is never 0.
-    let bits = RNG.try_with(|rng| next_random(rng)).unwrap_or(0x9e37_79b9) >> 11;
+    let bits = RNG.try_with(next_random).unwrap_or(0x9e37_79b9) >> 11;
     let u = (bits + 1) as f64 / (1u64 << 53) as f64;
     let draw = -u.ln() * mean as f64;
     (draw as u64).max(1)
