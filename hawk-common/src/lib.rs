@@ -47,6 +47,17 @@ pub mod programs {
     pub const SCHED_EXEC: &str = "hawk_sched_exec";
 }
 
+/// The exported marker symbols of the shim ([`shim`] defines them; Hawk
+/// looks them up in binaries and attaches uprobes to them).
+pub mod shim_symbols {
+    /// `hawk_trace_context_set(trace_id_hi, trace_id_lo, span_id, flags)`.
+    pub const TRACE_CONTEXT_SET: &str = "hawk_trace_context_set";
+    /// `hawk_alloc_sample(ptr, size, weight)`, called by the sampled allocator.
+    pub const ALLOC_SAMPLE: &str = "hawk_alloc_sample";
+    /// `hawk_free_sample(ptr)`, called by the sampled allocator.
+    pub const FREE_SAMPLE: &str = "hawk_free_sample";
+}
+
 /// Names of the global variables the loader sets before loading.
 pub mod globals {
     /// u8: when non-zero only tgids present in `PIDS` are sampled.

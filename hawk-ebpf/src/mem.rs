@@ -19,21 +19,36 @@
 //! tail call returns, both uretprobes fire at the same place; the first
 //! takes the pending entry.
 //!
+//! The shim's sampled allocator (`SampledAlloc`) reports one allocation per
+//! mean interval of bytes through two markers: `hawk_mem_alloc_sample`
+//! (uprobe on `hawk_alloc_sample(ptr, size, weight)`) records it like an
+//! allocator return, with `weight` bytes (and `weight / size` calls) standing
+//! for the unsampled ones, and `hawk_mem_free_sample` (uprobe on
+//! `hawk_free_sample(ptr)`) releases it.
+//!
+//! Anonymous `mmap`s made outside the allocator (the `syscalls` tracepoints;
+//! an mmap inside a pending allocator call is the allocator's own and is
+//! skipped) are recorded as allocations of kind `MMAP`; a `munmap` of the
+//! exact start address releases them (partial unmaps are not followed).
+//!
+//! With `TRACED_ONLY` set, only allocations made while the thread serves a
+//! trace are recorded (frees are always looked at).
+//!
 //! A full `MEM_LIVE` drops the new allocation (counted in `LIVE_FULL`): the
 //! oldest entries stay, since leaks are the old ones.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{map, uprobe, uretprobe},
+    macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+    programs::{ProbeContext, RetProbeContext, TracePointContext, tracing::StackIdContext},
 };
 use hawk_common::mem::{
     MemLiveKey, MemLiveValue, MemPending, MemTotalKey, MemTotalValue, kind, stats as mstats,
 };
 
-use crate::{FILTER_PIDS, PIDS, STACKS, TRACE_CTX};
+use crate::{FILTER_PIDS, PIDS, STACKS, TRACE_CTX, TRACED_ONLY};
 
 /// A nested call comes within this long of the outer call's entry; an older
 /// pending entry is left over from a call whose return was never seen.
@@ -217,12 +232,26 @@ pub fn hawk_mem_alloc_return(ctx: RetProbeContext) -> u32 {
         }
         return 0;
     }
-    allocated(&ctx, pid_tgid, addr, &pending);
+    allocated(&ctx, pid_tgid, addr, pending.kind, pending.size, 1);
     0
 }
 
+/// Records an allocation of `bytes` at `addr` standing for `calls` calls.
 #[inline(always)]
-fn allocated(ctx: &RetProbeContext, pid_tgid: u64, addr: u64, pending: &MemPending) {
+fn allocated<C: StackIdContext>(
+    ctx: &C,
+    pid_tgid: u64,
+    addr: u64,
+    kind: u32,
+    bytes: u64,
+    calls: u64,
+) {
+    let trace = unsafe { TRACE_CTX.get(&pid_tgid) }
+        .copied()
+        .unwrap_or_default();
+    if TRACED_ONLY.load() != 0 && trace.is_empty() {
+        return;
+    }
     count(mstats::ALLOCS);
     let pid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -233,22 +262,19 @@ fn allocated(ctx: &RetProbeContext, pid_tgid: u64, addr: u64, pending: &MemPendi
             err
         }
     };
-    let trace = unsafe { TRACE_CTX.get(&pid_tgid) }
-        .copied()
-        .unwrap_or_default();
     let key = MemTotalKey {
         pid,
         tid,
         stack_id,
-        kind: pending.kind,
+        kind,
         trace,
     };
-    add_total(&key, pending.size);
+    add_total(&key, bytes, calls);
     let live = MemLiveValue {
-        size: pending.size,
+        size: bytes,
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         stack_id,
-        kind: pending.kind,
+        kind,
         tid,
         _pad: 0,
         trace,
@@ -260,19 +286,19 @@ fn allocated(ctx: &RetProbeContext, pid_tgid: u64, addr: u64, pending: &MemPendi
 }
 
 #[inline(always)]
-fn add_total(key: &MemTotalKey, size: u64) {
+fn add_total(key: &MemTotalKey, size: u64, calls: u64) {
     // The key holds the thread id, and a thread runs on one CPU at a time:
     // no two CPUs update the same value at once.
     if let Some(value) = MEM_TOTALS.get_ptr_mut(key) {
         unsafe {
             (*value).bytes += size;
-            (*value).count += 1;
+            (*value).count += calls;
         }
         return;
     }
     let value = MemTotalValue {
         bytes: size,
-        count: 1,
+        count: calls,
     };
     if MEM_TOTALS.insert(key, &value, BPF_NOEXIST as u64).is_err() {
         count(mstats::TOTALS_FULL);
@@ -286,6 +312,135 @@ fn release(pid: u32, addr: u64) {
     if MEM_LIVE.remove(&key).is_err() {
         count(mstats::FREES_UNKNOWN);
     }
+}
+
+/// The shim's `hawk_alloc_sample(ptr, size, weight)`: one sampled
+/// allocation standing for `weight` bytes.
+#[uprobe]
+pub fn hawk_mem_alloc_sample(ctx: ProbeContext) -> u32 {
+    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    let size: u64 = ctx.arg(1).unwrap_or(0);
+    let weight: u64 = ctx.arg(2).unwrap_or(0);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if ptr == 0 || !wanted((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    count(mstats::SAMPLED);
+    // The calls it stands for: weight / size, at least one.
+    let calls = if size == 0 || weight <= size {
+        1
+    } else {
+        weight / size
+    };
+    allocated(&ctx, pid_tgid, ptr, kind::SAMPLED, weight, calls);
+    0
+}
+
+/// The shim's `hawk_free_sample(ptr)`: a sampled block is being freed.
+#[uprobe]
+pub fn hawk_mem_free_sample(ctx: ProbeContext) -> u32 {
+    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if ptr == 0 || !wanted(pid) {
+        return 0;
+    }
+    release(pid, ptr);
+    0
+}
+
+/// Offsets of the arguments in a `syscalls/sys_enter_*` record (after the
+/// common fields and the syscall number), and of the result in
+/// `sys_exit_*`.
+const SYSCALL_ARG0: usize = 16;
+const SYSCALL_RET: usize = 16;
+const MAP_ANONYMOUS: u64 = 0x20;
+/// Results above this are `-errno`.
+const MAX_ERRNO_RESULT: u64 = -4096i64 as u64;
+
+/// `mmap(addr, len, prot, flags, fd, off)`: remembers an anonymous mapping
+/// made outside the allocator until the syscall returns.
+#[tracepoint]
+pub fn hawk_mem_mmap_enter(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !wanted((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let (Ok(len), Ok(flags)) = (unsafe { ctx.read_at::<u64>(SYSCALL_ARG0 + 8) }, unsafe {
+        ctx.read_at::<u64>(SYSCALL_ARG0 + 24)
+    }) else {
+        return 0;
+    };
+    if flags & MAP_ANONYMOUS == 0 || len == 0 {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(outer) = unsafe { MEM_PENDING.get(&pid_tgid) }
+        && outer.kind != 0
+        && now.wrapping_sub(outer.timestamp_ns) < NESTED_WINDOW_NS
+    {
+        // Inside malloc & co.: the allocator's own mapping.
+        return 0;
+    }
+    let pending = MemPending {
+        size: len,
+        arg: 0,
+        sp: 0,
+        timestamp_ns: now,
+        kind: kind::MMAP,
+        _pad: 0,
+    };
+    match MEM_PENDING.get_ptr_mut(&pid_tgid) {
+        Some(entry) => unsafe { *entry = pending },
+        None => {
+            let _ = MEM_PENDING.insert(&pid_tgid, &pending, BPF_ANY as u64);
+        }
+    }
+    0
+}
+
+/// The result of an `mmap` remembered by `hawk_mem_mmap_enter`.
+#[tracepoint]
+pub fn hawk_mem_mmap_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(entry) = MEM_PENDING.get_ptr_mut(&pid_tgid) else {
+        return 0;
+    };
+    let pending = unsafe { *entry };
+    if pending.kind != kind::MMAP {
+        return 0;
+    }
+    unsafe { (*entry).kind = 0 };
+    let Ok(addr) = (unsafe { ctx.read_at::<u64>(SYSCALL_RET) }) else {
+        return 0;
+    };
+    if addr >= MAX_ERRNO_RESULT {
+        count(mstats::FAILED);
+        return 0;
+    }
+    count(mstats::MMAPS);
+    allocated(&ctx, pid_tgid, addr, kind::MMAP, pending.size, 1);
+    0
+}
+
+/// `munmap(addr, len)`: releases a recorded mapping that starts at `addr`.
+/// Unmaps of anything else (files, the allocator's own arenas, part of a
+/// mapping) are not frees Hawk tracks and are not counted.
+#[tracepoint]
+pub fn hawk_mem_munmap(ctx: TracePointContext) -> u32 {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !wanted(pid) {
+        return 0;
+    }
+    let Ok(addr) = (unsafe { ctx.read_at::<u64>(SYSCALL_ARG0) }) else {
+        return 0;
+    };
+    let key = MemLiveKey { pid, _pad: 0, addr };
+    let is_mapping = unsafe { MEM_LIVE.get(&key) }.is_some_and(|live| live.kind == kind::MMAP);
+    if is_mapping && MEM_LIVE.remove(&key).is_ok() {
+        count(mstats::FREES);
+        count(mstats::MUNMAPS);
+    }
+    0
 }
 
 #[uprobe]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::collector::mem::SourceChoice;
 use crate::profile::{IdError, SpanId, TraceId};
 use crate::render::Format;
 
@@ -136,13 +137,18 @@ pub struct RecordArgs {
     /// Record kernel stacks only.
     #[arg(long)]
     pub kernel_only: bool,
-    /// Profile memory instead of CPU: uprobes on the C library's allocator
-    /// (malloc, calloc, realloc, free, …) of the target processes. Writes the
-    /// bytes still outstanding at the end by stack (`hwk_mem_…`) and the bytes
-    /// allocated by stack (`hwk_mem_…_alloc`). Every allocator call of the
-    /// targets costs about a microsecond more.
+    /// Profile memory instead of CPU. Writes the bytes still outstanding at
+    /// the end by stack (`hwk_mem_…`) and the bytes allocated by stack
+    /// (`hwk_mem_…_alloc`). Programs linking the shim's sampled allocator
+    /// report sampled allocations (cheap); for the others Hawk probes the C
+    /// library's allocator and anonymous mmaps (every allocator call costs
+    /// a few microseconds more).
     #[arg(long, conflicts_with_all = ["user_only", "kernel_only"])]
     pub mem: bool,
+    /// With --mem: where allocation events come from: `auto` (the sampled
+    /// allocator when the program links it, else libc), `libc` or `sampled`.
+    #[arg(long, value_name = "SOURCE", default_value = "auto", value_parser = parse_mem_source, requires = "mem")]
+    pub mem_source: SourceChoice,
     /// With --mem: leave allocations younger than this out of the
     /// outstanding profile (like memleak's -o), to show leaks rather than
     /// buffers in flight.
@@ -171,6 +177,17 @@ fn parse_age(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     crate::util::parse_duration(s).map_err(|e| format!("invalid --min-age: {e}"))
+}
+
+fn parse_mem_source(s: &str) -> Result<SourceChoice, String> {
+    match s {
+        "auto" => Ok(SourceChoice::Auto),
+        "libc" => Ok(SourceChoice::Libc),
+        "sampled" => Ok(SourceChoice::Sampled),
+        other => Err(format!(
+            "unknown memory source {other:?}: expected auto, libc or sampled"
+        )),
+    }
 }
 
 fn parse_frames(s: &str) -> Result<usize, String> {

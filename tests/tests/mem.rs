@@ -1,5 +1,7 @@
-//! `hawk-ebpf record --mem` against a workload with a known leak, known
-//! churn and realloc growth, with the real BPF programs (uprobes on glibc).
+//! `hawk-ebpf record --mem` against workloads with a known leak, known
+//! churn, realloc growth and anonymous mappings, with the real BPF programs:
+//! uprobes on glibc and the mmap tracepoints (`mem_workload`), or uprobes on
+//! the shim's sampled allocator (`mem_sampled`).
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -12,6 +14,7 @@ use hawk_tests::{
 };
 
 const MEM_WORKLOAD: &str = env!("CARGO_BIN_EXE_mem_workload");
+const MEM_SAMPLED: &str = env!("CARGO_BIN_EXE_mem_sampled");
 
 fn has(frames: &[&str], name: &str) -> bool {
     frames.contains(&name)
@@ -36,7 +39,7 @@ fn outstanding_json(dir: &Path) -> PathBuf {
     matches.into_iter().next().unwrap()
 }
 
-/// A started `mem_workload` held at its gate.
+/// A started workload (`mem_workload` or `mem_sampled`) held at its gate.
 struct Gated {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -46,11 +49,16 @@ struct Gated {
 
 impl Gated {
     fn start() -> Self {
-        let mut child = Command::new(MEM_WORKLOAD)
+        Self::start_with(MEM_WORKLOAD, &[])
+    }
+
+    fn start_with(program: &str, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(program)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("starting mem_workload");
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
         let stdin = child.stdin.take();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
@@ -59,7 +67,7 @@ impl Gated {
             .trim()
             .strip_prefix("ready ")
             .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("mem_workload printed {line:?}"));
+            .unwrap_or_else(|| panic!("{program} printed {line:?}"));
         Self {
             child,
             stdin,
@@ -216,6 +224,111 @@ fn record_mem_finds_the_leak_the_churn_and_the_live_heap() {
     );
     // At least the churn's allocations were counted.
     assert!(outstanding["metadata"]["samples"].as_u64().unwrap() >= 20_000);
+    let mem = &outstanding["metadata"]["mem"];
+    assert_eq!(mem["source"], "libc");
+    assert_eq!(mem["view"], "outstanding");
+    assert_eq!(allocated["metadata"]["mem"]["view"], "allocated");
+    assert_eq!(mem["frames"], 127);
+    assert!(mem["allocations"].as_u64().unwrap() >= 20_000, "{mem}");
+    assert!(mem["frees"].as_u64().unwrap() >= 20_000, "{mem}");
+
+    // Anonymous mappings made outside the allocator: all of them allocated,
+    // the half not unmapped outstanding, with mmap as the leaf.
+    // (map_memory also mallocs the vector of the mappings.)
+    let mapped_by = |f: &[&str]| has(f, "map_memory") && f.last() == Some(&"mmap");
+    let map_out = weight_where(&outstanding, mapped_by);
+    assert_eq!(
+        map_out, truth["mapped_live"],
+        "outstanding mmaps under map_memory"
+    );
+    let map_alloc = weight_where(&allocated, mapped_by);
+    assert_eq!(
+        map_alloc, truth["mapped"],
+        "allocated mmaps under map_memory"
+    );
+    assert!(
+        folded
+            .lines()
+            .any(|l| l.contains(";map_memory;") && l.contains(";mmap ")),
+        "map_memory…;mmap in\n{folded}"
+    );
+}
+
+#[test]
+fn record_mem_uses_the_sampled_allocator_when_the_program_links_it() {
+    require_kernel!();
+    // A small mean interval so that the known quantities get hundreds of
+    // samples; the estimates then land within a few percent (the tolerances
+    // below are several standard deviations wide).
+    let mut workload = Gated::start_with(MEM_SAMPLED, &[("HAWK_SAMPLE_BYTES", "32768")]);
+    let out = scratch_dir("record-mem-sampled");
+    let pid = workload.pid.to_string();
+    let (mut hawk_child, attach_lines) = start_hawk(&[
+        "record",
+        "--mem",
+        "--pid",
+        &pid,
+        "--duration",
+        "120s",
+        "--format",
+        "json,folded",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        attach_lines
+            .iter()
+            .any(|l| l.contains("links the sampled allocator")),
+        "{attach_lines:?}"
+    );
+    let truth = workload.run();
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(hawk_child.id() as i32, libc::SIGINT) };
+    let status = hawk_child.wait().unwrap();
+    assert!(status.success(), "hawk-ebpf: {status}");
+
+    let outstanding = read_json(&outstanding_json(&out));
+    let allocated = read_json(&find_output(&out, "_alloc.json"));
+    assert_eq!(outstanding["metadata"]["mem"]["source"], "sampled");
+    let within = |what: &str, estimate: u64, truth: u64, percent: u64| {
+        assert!(
+            estimate.abs_diff(truth) <= truth * percent / 100,
+            "{what}: estimated {estimate}, truth {truth}"
+        );
+    };
+    let leaked = truth["leaked"];
+    within(
+        "outstanding under leak_memory",
+        weight_where(&outstanding, |f| has(f, "leak_memory")),
+        leaked,
+        15,
+    );
+    within(
+        "allocated under churn_memory",
+        weight_where(&allocated, |f| has(f, "churn_memory")),
+        truth["churned"],
+        15,
+    );
+    // Every sampled churn block was freed, and its free reported.
+    assert_eq!(
+        weight_where(&outstanding, |f| has(f, "churn_memory")),
+        0,
+        "churn is freed"
+    );
+    within(
+        "outstanding under grow_buffer",
+        weight_where(&outstanding, |f| has(f, "grow_buffer")),
+        truth["grown"],
+        15,
+    );
+    let heap = outstanding["heap_current_bytes"].as_u64().unwrap();
+    within("heap_current_bytes", heap, truth["live"], 15);
+    // Far fewer events than allocations: that is the point.
+    let mem = &allocated["metadata"]["mem"];
+    let events = allocated["metadata"]["samples"].as_u64().unwrap();
+    let calls = mem["allocations"].as_u64().unwrap();
+    assert!(events * 4 < calls, "{events} events for ≈{calls} calls");
+    within("estimated allocation calls", calls, 20_000 + 128, 15);
 }
 
 #[test]
@@ -295,4 +408,27 @@ fn record_mem_bad_input_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no such process"), "{err}");
+    let out = hawk(&["record", "--mem", "--mem-source", "tcmalloc"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected auto, libc or sampled"), "{err}");
+    // The sampled source on a program without the sampled allocator.
+    let workload = Gated::start();
+    let pid = workload.pid.to_string();
+    let out = hawk(&[
+        "record",
+        "--mem",
+        "--mem-source",
+        "sampled",
+        "--pid",
+        &pid,
+        "--duration",
+        "1s",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not link the shim's sampled allocator") && err.lines().count() == 1,
+        "{err}"
+    );
 }

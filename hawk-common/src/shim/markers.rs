@@ -36,11 +36,11 @@
 use crate::TraceContext;
 
 /// Symbol of the trace-context marker.
-pub const TRACE_CONTEXT_SET_SYMBOL: &str = "hawk_trace_context_set";
+pub const TRACE_CONTEXT_SET_SYMBOL: &str = crate::shim_symbols::TRACE_CONTEXT_SET;
 /// Symbol of the sampled-allocation marker.
-pub const ALLOC_SAMPLE_SYMBOL: &str = "hawk_alloc_sample";
+pub const ALLOC_SAMPLE_SYMBOL: &str = crate::shim_symbols::ALLOC_SAMPLE;
 /// Symbol of the sampled-free marker.
-pub const FREE_SAMPLE_SYMBOL: &str = "hawk_free_sample";
+pub const FREE_SAMPLE_SYMBOL: &str = crate::shim_symbols::FREE_SAMPLE;
 
 /// `flags` bit 0 of [`hawk_trace_context_set`]: set the thread's context
 /// (clear: clear it). The other bits are reserved and passed as zero.

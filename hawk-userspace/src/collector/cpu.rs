@@ -244,22 +244,7 @@ impl CpuSampler {
         &mut self,
         matches: impl Fn(&TraceContext) -> bool,
     ) -> Result<Vec<(u32, u32, TraceContext)>, CollectorError> {
-        let mut map: BpfHashMap<&mut MapData, u64, TraceContext> =
-            bpf::map_mut(&mut self.ebpf, maps::TRACE_CTX)?;
-        let mut live = Vec::new();
-        let mut dead = Vec::new();
-        for (pid_tgid, ctx) in map.iter().flatten() {
-            let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-            if !procs::thread_exists(pid, tid) {
-                dead.push(pid_tgid);
-            } else if matches(&ctx) {
-                live.push((pid, tid, ctx));
-            }
-        }
-        for key in dead {
-            let _ = map.remove(&key);
-        }
-        Ok(live)
+        super::shim::traced_threads(&mut self.ebpf, matches)
     }
 
     /// The loaded object, for the other programs in it (the trace-context

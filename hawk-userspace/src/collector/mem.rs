@@ -1,7 +1,18 @@
-//! The memory tracer (`record --mem`): uprobes on the allocator of the C
-//! library a process really maps, aggregating in the kernel the bytes
-//! allocated per stack (`MEM_TOTALS`) and the allocations not freed yet
-//! (`MEM_LIVE`).
+//! The memory tracer (`record --mem`, `capture --mem`, the daemon's memory
+//! endpoint): aggregates in the kernel the bytes allocated per stack
+//! (`MEM_TOTALS`) and the allocations not freed yet (`MEM_LIVE`), from one
+//! of two sources per process:
+//!
+//! - **libc**: uprobes on the allocator of the C library the process really
+//!   maps (every call, exact), plus the `mmap`/`munmap` tracepoints for
+//!   anonymous mappings made outside the allocator;
+//! - **sampled**: uprobes on the shim's `hawk_alloc_sample` /
+//!   `hawk_free_sample` markers, for programs whose global allocator is the
+//!   shim's `SampledAlloc` (about one call per 512 KiB, weights scaled up).
+//!
+//! [`SourceChoice::Auto`] takes the sampled source when the program links
+//! the sampled allocator (its binary has the `hawk_alloc_sample` symbol:
+//! the linker drops the marker when nothing calls it), libc otherwise.
 //!
 //! Where a probe sits matters: the kernel emulates a few instructions
 //! (`push`, jumps, calls) at ≈450 ns a hit and single-steps every other one
@@ -19,8 +30,8 @@ use std::time::{Duration, SystemTime};
 
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap};
-use aya::programs::UProbe;
 use aya::programs::uprobe::UProbeScope;
+use aya::programs::{TracePoint, UProbe};
 use blazesym::inspect::Inspector;
 use blazesym::inspect::source::{Elf, Source};
 use hawk_common::mem::{
@@ -32,14 +43,46 @@ use super::bpf::{self, CollectorError, Globals};
 use super::cpu::RawSample;
 use super::procs::{self, ProcessTable};
 use super::stacks::SeenStacks;
+use crate::profile::MemSource;
 use crate::symbolize::Symbolizer;
+
+/// Which source of allocation events to use for a process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SourceChoice {
+    /// The sampled allocator when the program links it, else libc.
+    #[default]
+    Auto,
+    /// uprobes on the C library's allocator, whatever the program links.
+    Libc,
+    /// The shim's sampled allocator; an error for programs without it.
+    Sampled,
+}
 
 /// What to trace.
 #[derive(Clone, Debug, Default)]
 pub struct MemConfig {
     /// Processes to trace; empty means every process using the C library
-    /// Hawk itself maps.
+    /// Hawk itself maps (libc source only).
     pub pids: Vec<u32>,
+    /// Processes among `pids` that have not exec'd yet (commands Hawk
+    /// started and holds), with the program they will run: their own maps
+    /// still show Hawk.
+    pub executables: Vec<(u32, PathBuf)>,
+    pub source: SourceChoice,
+    /// Record allocations only while the thread serves a trace.
+    pub traced_only: bool,
+}
+
+/// How one process (or, system-wide, every process) is traced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// uprobes on the allocator functions of a C library.
+    Libc {
+        library: PathBuf,
+        points: Vec<ProbePoint>,
+    },
+    /// uprobes on the sampled allocator's markers in a binary.
+    Sampled { binary: PathBuf },
 }
 
 /// One allocator function and where its probes go in the library.
@@ -81,7 +124,7 @@ const FUNCTIONS: &[(&str, &str, bool)] = &[
     ("free", programs::FREE, false),
 ];
 
-/// Every program the tracer loads.
+/// Every uprobe program the tracer loads.
 const PROGRAMS: &[&str] = &[
     programs::MALLOC,
     programs::CALLOC,
@@ -92,7 +135,47 @@ const PROGRAMS: &[&str] = &[
     programs::POSIX_MEMALIGN,
     programs::FREE,
     programs::ALLOC_RETURN,
+    programs::ALLOC_SAMPLE,
+    programs::FREE_SAMPLE,
 ];
+
+/// The tracepoint programs of the libc source: (program, syscall event).
+const TRACEPOINTS: &[(&str, &str)] = &[
+    (programs::MMAP_ENTER, "sys_enter_mmap"),
+    (programs::MMAP_EXIT, "sys_exit_mmap"),
+    (programs::MUNMAP, "sys_enter_munmap"),
+];
+
+/// The binary `pid` runs (or a library it maps) that links the shim's
+/// sampled allocator, as a path that reaches it from here. `exe` is the
+/// program a process that has not exec'd yet will run.
+pub fn find_sampled_allocator(pid: u32, exe: Option<&Path>) -> Option<PathBuf> {
+    let inspector = Inspector::new();
+    let has_marker = |path: &Path| {
+        super::shim::exports_symbol(&inspector, path, hawk_common::shim_symbols::ALLOC_SAMPLE)
+    };
+    if let Some(exe) = exe {
+        return has_marker(exe).then(|| exe.to_path_buf());
+    }
+    super::shim::executable_mappings(pid)
+        .into_iter()
+        .map(|path| in_root(pid, &path))
+        .find(|path| has_marker(path))
+}
+
+/// `path` as process `pid` sees it, reached through `/proc/PID/root` (for
+/// processes in other mount namespaces) when that exists.
+fn in_root(pid: u32, path: &Path) -> PathBuf {
+    let through_root = Path::new("/proc")
+        .join(pid.to_string())
+        .join("root")
+        .join(path.strip_prefix("/").unwrap_or(path));
+    if through_root.exists() {
+        through_root
+    } else {
+        path.to_path_buf()
+    }
+}
 
 /// Where to probe code that starts with `code` (x86-64): the number of bytes
 /// of flag-only instructions (`test reg,reg`, `cmp $imm8, disp32(%rip)`) to
@@ -155,11 +238,7 @@ pub fn find_libc(pid: u32) -> Result<PathBuf, CollectorError> {
             "process {pid} maps no shared C library (statically linked?): nothing to probe for --mem"
         ))
     })?;
-    let in_root = Path::new("/proc")
-        .join(pid.to_string())
-        .join("root")
-        .join(path.strip_prefix("/").unwrap_or(&path));
-    Ok(if in_root.exists() { in_root } else { path })
+    Ok(in_root(pid, &path))
 }
 
 /// The path of the C library in the text of a `/proc/PID/maps`.
@@ -237,6 +316,12 @@ pub struct MemKernelStats {
     pub totals_full: u64,
     pub stack_errors: u64,
     pub failed: u64,
+    /// Allocations reported by the sampled allocator (in `allocations` too).
+    pub sampled: u64,
+    /// Anonymous mmaps recorded (in `allocations` too).
+    pub mmaps: u64,
+    /// munmaps of recorded mappings (in `frees` too).
+    pub munmaps: u64,
 }
 
 /// Aggregated records read out of the maps, leaf first, plus the
@@ -260,29 +345,40 @@ pub struct MemRecords {
 pub struct MemTracer {
     ebpf: Ebpf,
     started: SystemTime,
-    /// The library and probe points, per attachment.
-    attachments: Vec<(PathBuf, Vec<ProbePoint>)>,
+    choice: SourceChoice,
+    /// How each traced process (or the whole system) is probed.
+    attachments: Vec<Attachment>,
+    /// Whether the mmap tracepoints are attached.
+    mmap_attached: bool,
     seen: SeenStacks,
 }
 
 impl MemTracer {
-    /// Loads the programs and attaches them to the C library of each pid
-    /// (or, with no pids, to the one Hawk maps, for every process).
+    /// Loads the programs and attaches them to each pid (or, with no pids,
+    /// to the C library Hawk maps, for every process).
     pub fn start(config: &MemConfig) -> Result<Self, CollectorError> {
         for pid in &config.pids {
             if !procs::exists(*pid) {
                 return Err(CollectorError::NoSuchProcess(*pid));
             }
         }
+        if config.pids.is_empty() && config.source == SourceChoice::Sampled {
+            return Err(CollectorError::Io(
+                "the sampled allocator source needs target processes (--pid or a command)"
+                    .to_string(),
+            ));
+        }
         let ebpf = bpf::load(&Globals {
             filter_pids: !config.pids.is_empty(),
             stack_mode: 0,
-            traced_only: false,
+            traced_only: config.traced_only,
         })?;
         let mut tracer = Self {
             ebpf,
             started: SystemTime::now(),
+            choice: config.source,
             attachments: Vec::new(),
+            mmap_attached: false,
             seen: SeenStacks::default(),
         };
         for name in PROGRAMS {
@@ -293,10 +389,15 @@ impl MemTracer {
         }
         if config.pids.is_empty() {
             let libc = find_libc(std::process::id())?;
-            tracer.attach(&libc, UProbeScope::AllProcesses)?;
+            tracer.attach_libc(&libc, UProbeScope::AllProcesses)?;
         }
         for pid in &config.pids {
-            tracer.add_pid(*pid)?;
+            let exe = config
+                .executables
+                .iter()
+                .find(|(p, _)| p == pid)
+                .map(|(_, exe)| exe.as_path());
+            tracer.add_pid_running(*pid, exe)?;
         }
         tracer.started = SystemTime::now();
         Ok(tracer)
@@ -307,20 +408,65 @@ impl MemTracer {
     }
 
     /// Traces `pid` too: puts it in the pid filter and attaches the probes
-    /// to the C library it maps, for that process only.
+    /// of its source, for that process only.
     pub fn add_pid(&mut self, pid: u32) -> Result<(), CollectorError> {
+        self.add_pid_running(pid, None)
+    }
+
+    fn add_pid_running(&mut self, pid: u32, exe: Option<&Path>) -> Result<(), CollectorError> {
         let mut pids: BpfHashMap<&mut MapData, u32, u8> = bpf::map_mut(&mut self.ebpf, maps::PIDS)?;
         pids.insert(pid, 1, 0)
             .map_err(|source| CollectorError::Map {
                 name: maps::PIDS,
                 source,
             })?;
-        let libc = find_libc(pid)?;
-        let pid = NonZeroU32::new(pid).ok_or(CollectorError::NoSuchProcess(pid))?;
-        self.attach(&libc, UProbeScope::OneProcess(pid))
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(pid).ok_or(CollectorError::NoSuchProcess(pid))?,
+        );
+        let sampled = match self.choice {
+            SourceChoice::Libc => None,
+            SourceChoice::Auto => find_sampled_allocator(pid, exe),
+            SourceChoice::Sampled => Some(find_sampled_allocator(pid, exe).ok_or_else(|| {
+                CollectorError::Io(format!(
+                    "process {pid} does not link the shim's sampled allocator (no {} symbol)",
+                    hawk_common::shim_symbols::ALLOC_SAMPLE
+                ))
+            })?),
+        };
+        match sampled {
+            Some(binary) => self.attach_sampled(&binary, scope),
+            None => {
+                let libc = find_libc(pid)?;
+                self.attach_libc(&libc, scope)
+            }
+        }
     }
 
-    fn attach(&mut self, libc: &Path, scope: UProbeScope) -> Result<(), CollectorError> {
+    fn attach_sampled(&mut self, binary: &Path, scope: UProbeScope) -> Result<(), CollectorError> {
+        for (name, symbol) in [
+            (
+                programs::ALLOC_SAMPLE,
+                hawk_common::shim_symbols::ALLOC_SAMPLE,
+            ),
+            (
+                programs::FREE_SAMPLE,
+                hawk_common::shim_symbols::FREE_SAMPLE,
+            ),
+        ] {
+            self.program(name)?
+                .attach(symbol, binary, clone_scope(&scope))
+                .map_err(|source| CollectorError::Program { name, source })?;
+        }
+        let attachment = Attachment::Sampled {
+            binary: binary.to_path_buf(),
+        };
+        if !self.attachments.contains(&attachment) {
+            self.attachments.push(attachment);
+        }
+        Ok(())
+    }
+
+    fn attach_libc(&mut self, libc: &Path, scope: UProbeScope) -> Result<(), CollectorError> {
         let points = plan(libc)?;
         for point in &points {
             // The return probe first: an entry seen without its return would
@@ -336,13 +482,51 @@ impl MemTracer {
                 .attach(point.offset(), libc, clone_scope(&scope))
                 .map_err(|source| CollectorError::Program { name, source })?;
         }
-        self.attachments.push((libc.to_path_buf(), points));
+        self.attach_mmap()?;
+        self.attachments.push(Attachment::Libc {
+            library: libc.to_path_buf(),
+            points,
+        });
         Ok(())
     }
 
-    /// The libraries probed and where.
-    pub fn attachments(&self) -> &[(PathBuf, Vec<ProbePoint>)] {
+    /// The mmap/munmap tracepoints, once (they filter by pid in the kernel).
+    fn attach_mmap(&mut self) -> Result<(), CollectorError> {
+        if self.mmap_attached {
+            return Ok(());
+        }
+        super::check::ensure_tracefs().map_err(CollectorError::Io)?;
+        for (name, event) in TRACEPOINTS {
+            let program: &mut TracePoint = bpf::program_mut(&mut self.ebpf, name)?;
+            program
+                .load()
+                .map_err(|source| CollectorError::Program { name, source })?;
+            program
+                .attach("syscalls", event)
+                .map_err(|source| CollectorError::Program { name, source })?;
+        }
+        self.mmap_attached = true;
+        Ok(())
+    }
+
+    /// How each process is probed.
+    pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
+    }
+
+    /// The source of the events: sampled when every attachment is the
+    /// sampled allocator, libc otherwise.
+    pub fn source(&self) -> MemSource {
+        let all_sampled = !self.attachments.is_empty()
+            && self
+                .attachments
+                .iter()
+                .all(|a| matches!(a, Attachment::Sampled { .. }));
+        if all_sampled {
+            MemSource::Sampled
+        } else {
+            MemSource::Libc
+        }
     }
 
     /// When tracing started.
@@ -366,15 +550,19 @@ impl MemTracer {
 
     /// Learns the processes and stacks that appeared since the last poll,
     /// while they are alive (names, where addresses are mapped). Returns the
-    /// allocation calls seen so far.
+    /// allocation calls seen so far in the totals `keep` accepts.
     pub fn poll(
         &mut self,
         procs: &mut ProcessTable,
         symbolizer: &mut Symbolizer,
+        keep: impl Fn(&MemTotalKey) -> bool,
     ) -> Result<u64, CollectorError> {
         let mut calls = 0;
         let mut fresh = Vec::new();
         for (key, value) in Self::totals(&self.ebpf)?.iter().flatten() {
+            if !keep(&key) {
+                continue;
+            }
             calls += value.count;
             procs.observe(key.pid);
             if self.seen.is_new(key.pid, key.stack_id) {
@@ -408,6 +596,9 @@ impl MemTracer {
             totals_full: read(stats::TOTALS_FULL),
             stack_errors: read(stats::STACK_ERRORS),
             failed: read(stats::FAILED),
+            sampled: read(stats::SAMPLED),
+            mmaps: read(stats::MMAPS),
+            munmaps: read(stats::MUNMAPS),
         })
     }
 
@@ -492,12 +683,25 @@ impl MemTracer {
         Ok(out)
     }
 
+    /// The loaded object, for the other programs in it (the trace-context
+    /// uprobe shares `TRACE_CTX` with the tracer).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Detaches the probes but keeps the maps readable.
     pub fn stop(&mut self) {
         for name in PROGRAMS {
             if let Ok(program) = self.program(name) {
                 // Unloading detaches every link; the maps stay.
                 let _ = program.unload();
+            }
+        }
+        if self.mmap_attached {
+            for (name, _) in TRACEPOINTS {
+                if let Ok(program) = bpf::program_mut::<TracePoint>(&mut self.ebpf, name) {
+                    let _ = program.unload();
+                }
             }
         }
     }

@@ -12,18 +12,18 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{TracePoint, UProbe};
 use blazesym::inspect::Inspector;
 use blazesym::inspect::source::{Elf, Source};
-use hawk_common::{maps, programs};
+use hawk_common::{TraceContext, maps, programs};
 
 use super::check::ensure_tracefs;
-use super::{CollectorError, bpf};
+use super::{CollectorError, bpf, procs};
 
 /// The marker symbol of the trace-context contract.
-pub const MARKER: &str = "hawk_trace_context_set";
+pub const MARKER: &str = hawk_common::shim_symbols::TRACE_CONTEXT_SET;
 
 /// Identity of a binary: device and inode.
 type FileId = (u64, u64);
@@ -184,12 +184,41 @@ impl ShimAttacher {
     }
 }
 
+/// The threads whose current trace context (in `TRACE_CTX` of `ebpf`)
+/// `matches`, as (pid, tid, context). Entries of threads that exited without
+/// clearing their context are removed from the map on the way.
+pub fn traced_threads(
+    ebpf: &mut Ebpf,
+    matches: impl Fn(&TraceContext) -> bool,
+) -> Result<Vec<(u32, u32, TraceContext)>, CollectorError> {
+    let mut map: BpfHashMap<&mut MapData, u64, TraceContext> = bpf::map_mut(ebpf, maps::TRACE_CTX)?;
+    let mut live = Vec::new();
+    let mut dead = Vec::new();
+    for (pid_tgid, ctx) in map.iter().flatten() {
+        let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        if !procs::thread_exists(pid, tid) {
+            dead.push(pid_tgid);
+        } else if matches(&ctx) {
+            live.push((pid, tid, ctx));
+        }
+    }
+    for key in dead {
+        let _ = map.remove(&key);
+    }
+    Ok(live)
+}
+
 /// True when the ELF file at `path` has the marker in `.dynsym` or `.symtab`.
 fn exports_marker(inspector: &Inspector, path: &Path) -> bool {
+    exports_symbol(inspector, path, MARKER)
+}
+
+/// True when the ELF file at `path` has `symbol` in `.dynsym` or `.symtab`.
+pub(crate) fn exports_symbol(inspector: &Inspector, path: &Path, symbol: &str) -> bool {
     let mut elf = Elf::new(path);
     elf.debug_syms = false;
     inspector
-        .lookup(&Source::Elf(elf), &[MARKER])
+        .lookup(&Source::Elf(elf), &[symbol])
         .is_ok_and(|found| found.iter().any(|syms| !syms.is_empty()))
 }
 
@@ -205,8 +234,8 @@ fn all_pids() -> Vec<u32> {
 }
 
 /// Paths of the file-backed executable mappings of `pid` (its executable
-/// and the libraries it maps), each once.
-fn executable_mappings(pid: u32) -> Vec<PathBuf> {
+/// and the libraries it maps), each once, as the process sees them.
+pub(crate) fn executable_mappings(pid: u32) -> Vec<PathBuf> {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
         return Vec::new();
     };

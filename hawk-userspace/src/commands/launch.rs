@@ -17,6 +17,7 @@ use anyhow::{Context as _, bail};
 /// A forked command held before `exec` until [`GatedChild::release`].
 pub struct GatedChild {
     pid: libc::pid_t,
+    program: PathBuf,
     gate: Option<libc::c_int>,
     exec_errors: libc::c_int,
     status: Option<libc::c_int>,
@@ -64,7 +65,8 @@ fn c_string(s: &OsStr) -> anyhow::Result<CString> {
 impl GatedChild {
     /// Forks `program args…`; the child waits for [`GatedChild::release`].
     pub fn spawn(program: &str, args: &[String]) -> anyhow::Result<Self> {
-        let path = c_string(resolve(program)?.as_os_str())?;
+        let program_path = resolve(program)?;
+        let path = c_string(program_path.as_os_str())?;
         let mut argv = vec![c_string(OsStr::new(program))?];
         for arg in args {
             argv.push(c_string(OsStr::new(arg))?);
@@ -112,6 +114,7 @@ impl GatedChild {
         }
         Ok(Self {
             pid,
+            program: program_path,
             gate: Some(gate_w),
             exec_errors: err_r,
             status: None,
@@ -120,6 +123,11 @@ impl GatedChild {
 
     pub fn pid(&self) -> u32 {
         self.pid as u32
+    }
+
+    /// The program the child runs once released.
+    pub fn program(&self) -> &Path {
+        &self.program
     }
 
     /// Lets the command `exec`, and fails if the `exec` failed.

@@ -10,7 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use super::launch::GatedChild;
 use crate::cli::RecordArgs;
 use crate::collector::cpu::{CpuConfig, CpuSampler};
-use crate::collector::mem::{MemConfig, MemKernelStats, MemTracer, monotonic_ns};
+use crate::collector::mem::{Attachment, MemConfig, MemKernelStats, MemTracer, monotonic_ns};
 use crate::collector::procs::{self, ProcessTable};
 use crate::correlate::build_profile;
 use crate::correlate::mem::{MemProfiles, MemSettings, build_mem_profiles};
@@ -160,10 +160,22 @@ async fn run_mem(args: RecordArgs) -> anyhow::Result<Vec<PathBuf>> {
         ALLOC_SUFFIX,
     )?);
     let s = &rec.stats;
+    let sampled = rec
+        .allocated
+        .metadata
+        .mem
+        .as_ref()
+        .is_some_and(|m| m.source == MemSource::Sampled);
+    let allocations = rec
+        .allocated
+        .metadata
+        .mem
+        .as_ref()
+        .map_or(s.allocations, |m| m.allocations);
     eprintln!(
-        "hawk-ebpf: {} allocations ({} bytes) and {} frees ({} of unknown blocks) in {:.1} s ({}); \
-         {} bytes in {} blocks live at the end, {} bytes outstanding in the profile{}",
-        s.allocations,
+        "hawk-ebpf: {}{allocations} allocations ({} bytes) and {} frees ({} of unknown blocks) in {:.1} s ({}); \
+         {} bytes in {} blocks live at the end, {} bytes outstanding in the profile{}{}",
+        if sampled { "≈" } else { "" },
         rec.allocated.total_weight(),
         s.frees,
         s.unknown_frees,
@@ -177,6 +189,16 @@ async fn run_mem(args: RecordArgs) -> anyhow::Result<Vec<PathBuf>> {
         rec.outstanding.metadata.heap_current_bytes.unwrap_or(0),
         rec.live_allocations,
         rec.outstanding.total_weight(),
+        if sampled {
+            format!(
+                "; estimated from {} sampled allocations ({} frees are of sampled blocks)",
+                s.sampled, s.frees
+            )
+        } else if s.mmaps > 0 {
+            format!("; {} anonymous mmaps, {} unmapped", s.mmaps, s.munmaps)
+        } else {
+            String::new()
+        },
         if s.live_full + s.totals_full > 0 {
             format!(
                 "; {} allocations not tracked (maps full)",
@@ -244,34 +266,24 @@ pub async fn record_mem(args: &RecordArgs) -> anyhow::Result<MemRecording> {
     let mut interrupts = Interrupts::install()?;
     let mut targets = Targets::new(args)?;
     let pids = targets.pids.clone();
-    let mut tracer = match MemTracer::start(&MemConfig { pids: pids.clone() }) {
+    let config = MemConfig {
+        pids: pids.clone(),
+        executables: targets.executables(),
+        source: args.mem_source,
+        traced_only: false,
+    };
+    let mut tracer = match MemTracer::start(&config) {
         Ok(tracer) => tracer,
         Err(e) => {
             targets.finish();
             return Err(e.into());
         }
     };
-    for (library, points) in tracer.attachments() {
-        let stepped: Vec<&str> = points
-            .iter()
-            .filter(|p| !p.emulated)
-            .map(|p| p.function)
-            .collect();
-        eprintln!(
-            "hawk-ebpf: probing {} allocator functions in {}{}",
-            points.len(),
-            library.display(),
-            if stepped.is_empty() {
-                String::new()
-            } else {
-                format!(" ({} single-stepped: ≈15 µs a call)", stepped.join(", "))
-            }
-        );
-    }
+    describe_attachments(tracer.attachments());
     if pids.is_empty() {
         eprintln!(
             "hawk-ebpf: warning: --mem without --pid or a command traces every process using this C library; \
-             each of their allocator calls costs about a microsecond more"
+             each of their allocator calls costs a few microseconds more"
         );
     }
     let mut symbolizer = Symbolizer::new();
@@ -279,14 +291,14 @@ pub async fn record_mem(args: &RecordArgs) -> anyhow::Result<MemRecording> {
     targets.release()?;
     eprintln!("hawk-ebpf: tracing allocations");
     let reason = run_window(args.duration, &mut interrupts, &mut targets, || {
-        tracer.poll(&mut procs, &mut symbolizer)?;
+        tracer.poll(&mut procs, &mut symbolizer, |_| true)?;
         Ok(())
     })
     .await?;
     let end = SystemTime::now();
     let end_ns = monotonic_ns();
     tracer.stop();
-    tracer.poll(&mut procs, &mut symbolizer)?;
+    tracer.poll(&mut procs, &mut symbolizer, |_| true)?;
     targets.finish();
 
     let records = tracer.read(args.min_age, end_ns, args.frames)?;
@@ -295,7 +307,7 @@ pub async fn record_mem(args: &RecordArgs) -> anyhow::Result<MemRecording> {
     metadata.target_pids = pids;
     metadata.stats.unmapped_processes = tracer.unmapped_processes() as u64;
     let settings = MemSettings {
-        source: MemSource::Libc,
+        source: tracer.source(),
         max_frames: args.frames,
         min_age: args.min_age,
     };
@@ -318,6 +330,36 @@ pub async fn record_mem(args: &RecordArgs) -> anyhow::Result<MemRecording> {
         live_allocations: records.live_allocations,
         reason,
     })
+}
+
+/// Says on stderr how each target is traced.
+pub fn describe_attachments(attachments: &[Attachment]) {
+    for attachment in attachments {
+        match attachment {
+            Attachment::Libc { library, points } => {
+                let stepped: Vec<&str> = points
+                    .iter()
+                    .filter(|p| !p.emulated)
+                    .map(|p| p.function)
+                    .collect();
+                eprintln!(
+                    "hawk-ebpf: probing {} allocator functions in {} and anonymous mmaps{}",
+                    points.len(),
+                    library.display(),
+                    if stepped.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({} single-stepped: ≈15 µs a call)", stepped.join(", "))
+                    }
+                );
+            }
+            Attachment::Sampled { binary } => eprintln!(
+                "hawk-ebpf: {} links the sampled allocator: tracing its sampled allocations \
+                 (bytes are estimates scaled from the samples)",
+                binary.display()
+            ),
+        }
+    }
 }
 
 /// What a window watches: the `--pid` targets and the command Hawk started,
@@ -345,6 +387,14 @@ impl Targets {
             }
         };
         Ok(Self { pids, child })
+    }
+
+    /// The command Hawk holds before `exec`, with the program it will run.
+    fn executables(&self) -> Vec<(u32, PathBuf)> {
+        self.child
+            .iter()
+            .map(|c| (c.pid(), c.program().to_path_buf()))
+            .collect()
     }
 
     /// Lets the command run (once the probes are attached).

@@ -6,10 +6,12 @@
 //!
 //! - `leak_memory`: 32 blocks of 64 KiB, never freed;
 //! - `churn_memory`: 20 000 × (malloc 4 KiB, write, free);
-//! - `grow_buffer`: one buffer realloc'd from 1 KiB, doubling to 1 MiB, kept.
+//! - `grow_buffer`: one buffer realloc'd from 1 KiB, doubling to 1 MiB, kept;
+//! - `map_memory`: 4 anonymous mappings of 256 KiB (`mmap`, outside the
+//!   allocator), 2 of them unmapped again.
 //!
 //! It then prints the truth (`leaked`, `churned`, `grown`, `grow_allocated`,
-//! `live` bytes), `done`, and waits for another line before exiting (at end
+//! `mapped`, `mapped_live`, `live` bytes), `done`, and waits for another line before exiting (at end
 //! of file, 1.5 s).
 //!
 //! `mem_workload bench N` does N × (malloc 64 B, free) after the gate and
@@ -25,6 +27,8 @@ const CHURN_ROUNDS: usize = 20_000;
 const CHURN_SIZE: usize = 4096;
 const GROW_START: usize = 1024;
 const GROW_END: usize = 1024 * 1024;
+const MAP_REGIONS: usize = 4;
+const MAP_SIZE: usize = 256 * 1024;
 
 /// Leaks `LEAK_BLOCKS` blocks; returns the bytes leaked.
 #[inline(never)]
@@ -80,6 +84,43 @@ pub extern "C" fn grow_buffer(requested: &mut usize) -> *mut u8 {
     black_box(p)
 }
 
+/// One anonymous private mapping of `size` bytes, touched.
+#[inline(never)]
+fn map_region(size: usize) -> *mut u8 {
+    // SAFETY: an anonymous mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap failed");
+    let p = p as *mut u8;
+    // SAFETY: within the mapping.
+    unsafe { p.write_bytes(7, size) };
+    p
+}
+
+/// Maps `MAP_REGIONS` regions and unmaps half; returns (mapped, still mapped).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn map_memory() -> (usize, usize) {
+    let regions: Vec<*mut u8> = (0..MAP_REGIONS).map(|_| map_region(MAP_SIZE)).collect();
+    for &p in &regions[..MAP_REGIONS / 2] {
+        // SAFETY: a whole mapping made above, unmapped once.
+        unsafe { libc::munmap(p as *mut libc::c_void, MAP_SIZE) };
+    }
+    black_box(&regions);
+    (
+        MAP_REGIONS * MAP_SIZE,
+        (MAP_REGIONS - MAP_REGIONS / 2) * MAP_SIZE,
+    )
+}
+
 #[inline(never)]
 fn malloc_loop(n: u64) -> f64 {
     let start = Instant::now();
@@ -119,11 +160,14 @@ fn main() {
     let churned = churn_memory();
     let mut grow_allocated = 0;
     let buffer = grow_buffer(&mut grow_allocated);
+    let (mapped, mapped_live) = map_memory();
     writeln!(out, "leaked {leaked}").unwrap();
     writeln!(out, "churned {churned}").unwrap();
     writeln!(out, "grown {GROW_END}").unwrap();
     writeln!(out, "grow_allocated {grow_allocated}").unwrap();
-    writeln!(out, "live {}", leaked + GROW_END).unwrap();
+    writeln!(out, "mapped {mapped}").unwrap();
+    writeln!(out, "mapped_live {mapped_live}").unwrap();
+    writeln!(out, "live {}", leaked + GROW_END + mapped_live).unwrap();
     writeln!(out, "done").unwrap();
     out.flush().unwrap();
     if !wait_for_line() {
