@@ -115,6 +115,16 @@ pub struct CaptureArgs {
     /// running shimmed programs are found without it.
     #[arg(long, value_name = "PATH")]
     pub attach: Vec<PathBuf>,
+    /// Capture the allocations the trace made instead of its CPU time:
+    /// bytes it allocated and did not free by the end (`hwk_mem_…_trace-…`)
+    /// and all bytes it allocated (`…_alloc`). Without --pid, every process
+    /// running a shimmed binary is traced.
+    #[arg(long)]
+    pub mem: bool,
+    /// With --mem: `auto` (the sampled allocator when the program links
+    /// it, else libc), `libc` or `sampled`.
+    #[arg(long, value_name = "SOURCE", default_value = "auto", value_parser = parse_mem_source, requires = "mem")]
+    pub mem_source: SourceChoice,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -131,6 +131,74 @@ fn capture_collects_one_trace_across_threads_and_nothing_else() {
 }
 
 #[test]
+fn capture_mem_keeps_the_allocations_of_one_trace() {
+    require_kernel!();
+    const TRACE_M: &str = "a110c0000000000000000000000000a1";
+    const SPAN_M: &str = "a110c000000000a1";
+    const TRACE_N: &str = "a110c0000000000000000000000000b2";
+    const SPAN_N: &str = "a110c000000000b2";
+    let service = TracedService::start(TRACED_SERVICE);
+    let out = scratch_dir("capture-mem");
+    // No --pid: every process running a shimmed binary is traced.
+    let capture = Capture::start(&[
+        "--trace",
+        TRACE_M,
+        "--mem",
+        "--timeout",
+        "60s",
+        "--grace",
+        "300ms",
+        "--format",
+        "json,folded",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    // N allocates in the same function at the same time: none of it may
+    // enter M's profiles.
+    let (m, _n) = std::thread::scope(|s| {
+        let n = s.spawn(|| service.get("/alloc?kb=2048", TRACE_N, SPAN_N));
+        let m = service.get("/alloc?kb=4096", TRACE_M, SPAN_M);
+        (m, n.join().unwrap())
+    });
+    assert_eq!(m.status, 200, "{}", m.text());
+    let number = |key: &str| -> u64 {
+        m.text()
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {}", m.text()))
+    };
+    let (allocated, leaked) = (number("allocated"), number("leaked"));
+    let (code, output) = capture.wait();
+    assert_eq!(code, 0, "capture failed: {output}");
+
+    let outstanding_path = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let n = p.to_string_lossy();
+            n.ends_with(".json") && !n.ends_with("_alloc.json")
+        })
+        .expect("outstanding json");
+    let name = outstanding_path.file_name().unwrap().to_string_lossy();
+    assert!(
+        name.starts_with("hwk_mem_ebpf_profile_")
+            && name.contains(&format!("_trace-{TRACE_M}_span-")),
+        "{name}"
+    );
+    let outstanding = read_json(&outstanding_path);
+    let alloc = read_json(&find_output(&out, "_alloc.json"));
+    for json in [&outstanding, &alloc] {
+        assert_eq!(json["type"], "mem");
+        assert_eq!(json["trace_context"]["trace_id"], TRACE_M);
+    }
+    let in_alloc_work =
+        |json: &serde_json::Value| hawk_tests::weight_where(json, |f| f.contains(&"alloc_work"));
+    // Exact: libc probes see every call, and N's calls carry N's trace.
+    assert_eq!(in_alloc_work(&alloc), allocated, "{output}");
+    assert_eq!(in_alloc_work(&outstanding), leaked, "{output}");
+}
+
+#[test]
 fn capture_of_a_trace_that_never_comes_times_out_with_exit_code_3() {
     require_kernel!();
     let out = scratch_dir("capture-timeout");

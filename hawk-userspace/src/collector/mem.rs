@@ -71,6 +71,10 @@ pub struct MemConfig {
     pub source: SourceChoice,
     /// Record allocations only while the thread serves a trace.
     pub traced_only: bool,
+    /// Trace only `pids` and the processes added later with
+    /// [`MemTracer::add_pid`], even while there are none (no system-wide
+    /// fallback).
+    pub targets_only: bool,
 }
 
 /// How one process (or, system-wide, every process) is traced.
@@ -362,14 +366,15 @@ impl MemTracer {
                 return Err(CollectorError::NoSuchProcess(*pid));
             }
         }
-        if config.pids.is_empty() && config.source == SourceChoice::Sampled {
+        let system_wide = config.pids.is_empty() && !config.targets_only;
+        if system_wide && config.source == SourceChoice::Sampled {
             return Err(CollectorError::Io(
                 "the sampled allocator source needs target processes (--pid or a command)"
                     .to_string(),
             ));
         }
         let ebpf = bpf::load(&Globals {
-            filter_pids: !config.pids.is_empty(),
+            filter_pids: !system_wide,
             stack_mode: 0,
             traced_only: config.traced_only,
         })?;
@@ -387,7 +392,7 @@ impl MemTracer {
                 .load()
                 .map_err(|source| CollectorError::Program { name, source })?;
         }
-        if config.pids.is_empty() {
+        if system_wide {
             let libc = find_libc(std::process::id())?;
             tracer.attach_libc(&libc, UProbeScope::AllProcesses)?;
         }

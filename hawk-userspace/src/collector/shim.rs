@@ -37,6 +37,8 @@ pub struct ShimAttacher {
     attached: HashMap<FileId, PathBuf>,
     /// Processes whose mappings were scanned.
     scanned: HashSet<u32>,
+    /// Scanned processes that map a binary exporting the marker.
+    shimmed: HashSet<u32>,
     exec_events: Option<RingBuf<MapData>>,
 }
 
@@ -63,6 +65,7 @@ impl ShimAttacher {
             checked: HashMap::new(),
             attached: HashMap::new(),
             scanned: HashSet::new(),
+            shimmed: HashSet::new(),
             exec_events,
         })
     }
@@ -87,6 +90,15 @@ impl ShimAttacher {
     /// Number of binaries the uprobe is attached to.
     pub fn attached(&self) -> usize {
         self.attached.len()
+    }
+
+    /// The live processes seen mapping a binary that exports the marker,
+    /// ascending.
+    pub fn shimmed_pids(&mut self) -> Vec<u32> {
+        self.shimmed.retain(|pid| procs::is_alive(*pid));
+        let mut pids: Vec<u32> = self.shimmed.iter().copied().collect();
+        pids.sort_unstable();
+        pids
     }
 
     /// Paths of the binaries the uprobe is attached to.
@@ -139,6 +151,7 @@ impl ShimAttacher {
         for pid in pids {
             // An exec replaces the image: look again even if seen before.
             self.scanned.remove(&pid);
+            self.shimmed.remove(&pid);
             self.scan_pid(ebpf, pid);
         }
     }
@@ -154,13 +167,19 @@ impl ShimAttacher {
                 continue;
             };
             let id = (meta.dev(), meta.ino());
-            if self.checked.contains_key(&id) {
-                continue;
-            }
-            let exports = self.exports_marker(&in_root);
-            self.checked.insert(id, exports);
-            if exports && let Err(e) = self.attach(ebpf, id, &in_root) {
-                tracing::warn!("{e}");
+            let exports = match self.checked.get(&id) {
+                Some(&exports) => exports,
+                None => {
+                    let exports = self.exports_marker(&in_root);
+                    self.checked.insert(id, exports);
+                    if exports && let Err(e) = self.attach(ebpf, id, &in_root) {
+                        tracing::warn!("{e}");
+                    }
+                    exports
+                }
+            };
+            if exports {
+                self.shimmed.insert(pid);
             }
         }
     }

@@ -151,14 +151,7 @@ pub const ALLOC_SUFFIX: &str = "_alloc";
 async fn run_mem(args: RecordArgs) -> anyhow::Result<Vec<PathBuf>> {
     let formats = args.output.format.0.clone();
     let rec = record_mem(&args).await?;
-    let mut written =
-        crate::telemetry::write_profile(&args.output.out, &rec.outstanding, &formats)?;
-    written.extend(write_suffixed(
-        &args.output.out,
-        &rec.allocated,
-        &formats,
-        ALLOC_SUFFIX,
-    )?);
+    let written = write_mem_profiles(&args.output.out, &rec.outstanding, &rec.allocated, &formats)?;
     let s = &rec.stats;
     let sampled = rec
         .allocated
@@ -211,6 +204,19 @@ async fn run_mem(args: RecordArgs) -> anyhow::Result<Vec<PathBuf>> {
     for path in &written {
         println!("{}", path.display());
     }
+    Ok(written)
+}
+
+/// Writes the outstanding profile under the usual name and the allocated one
+/// with [`ALLOC_SUFFIX`], each announced as a profile span.
+pub fn write_mem_profiles(
+    dir: &std::path::Path,
+    outstanding: &Profile,
+    allocated: &Profile,
+    formats: &[Format],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = crate::telemetry::write_profile(dir, outstanding, formats)?;
+    written.extend(write_suffixed(dir, allocated, formats, ALLOC_SUFFIX)?);
     Ok(written)
 }
 
@@ -271,6 +277,7 @@ pub async fn record_mem(args: &RecordArgs) -> anyhow::Result<MemRecording> {
         executables: targets.executables(),
         source: args.mem_source,
         traced_only: false,
+        targets_only: false,
     };
     let mut tracer = match MemTracer::start(&config) {
         Ok(tracer) => tracer,

@@ -10,6 +10,9 @@
 //!   `alpha_helper_work` on a blocking-pool thread, inside a child span
 //!   (`alpha_helper`) entered on that thread.
 //! - `GET /beta?ms=N` (default 300): burns about N ms in `beta_work`.
+//! - `GET /alloc?kb=N` (default 1024): allocates N KiB in 64 KiB blocks in
+//!   `alloc_work` (through the C library's malloc), frees every other block
+//!   and leaks the rest; the reply adds `allocated=<bytes> leaked=<bytes>`.
 //!
 //! Each request's span (`GET /alpha`, `GET /beta`) is a child of the W3C
 //! `traceparent` header's context when there is one (a new trace otherwise),
@@ -87,6 +90,28 @@ pub extern "C" fn beta_work(ms: u64) -> u64 {
     burn(ms, 0xb1)
 }
 
+/// The bytes of one `/alloc` block.
+const ALLOC_BLOCK: usize = 64 * 1024;
+
+/// Allocates `kb` KiB in blocks, frees every other one and leaks the rest;
+/// returns (bytes allocated, bytes leaked).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn alloc_work(kb: u64) -> (usize, usize) {
+    let blocks = (kb as usize * 1024).div_ceil(ALLOC_BLOCK);
+    let mut leaked = 0;
+    for i in 0..blocks {
+        let block = vec![i as u8; ALLOC_BLOCK];
+        if i % 2 == 1 {
+            leaked += block.len();
+            std::mem::forget(black_box(block));
+        } else {
+            drop(black_box(block));
+        }
+    }
+    (blocks * ALLOC_BLOCK, leaked)
+}
+
 /// `/alpha`: 1/3 of the time on a blocking-pool thread in a child span, 2/3
 /// here, concurrently.
 async fn alpha(ms: u64) -> u64 {
@@ -151,14 +176,15 @@ async fn read_head(stream: &mut TcpStream) -> Result<Request, String> {
     Ok(request)
 }
 
-fn query_ms(query: &str) -> Result<u64, String> {
+/// The number after `key=` in the query, at most `max`, else `default`.
+fn query_number(query: &str, key: &str, default: u64, max: u64) -> Result<u64, String> {
     for pair in query.split('&') {
-        if let Some(v) = pair.strip_prefix("ms=") {
-            let ms: u64 = v.parse().map_err(|_| format!("bad ms: {v}"))?;
-            return Ok(ms.min(MAX_MS));
+        if let Some(v) = pair.strip_prefix(key).and_then(|v| v.strip_prefix('=')) {
+            let n: u64 = v.parse().map_err(|_| format!("bad {key}: {v}"))?;
+            return Ok(n.min(max));
         }
     }
-    Ok(DEFAULT_MS)
+    Ok(default)
 }
 
 async fn respond(stream: &mut TcpStream, status: &str, body: &str) {
@@ -179,9 +205,21 @@ async fn serve(mut stream: TcpStream) {
     let kind = match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/alpha") => "alpha",
         ("GET", "/beta") => "beta",
-        _ => return respond(&mut stream, "404 Not Found", "try /alpha or /beta\n").await,
+        ("GET", "/alloc") => "alloc",
+        _ => {
+            return respond(
+                &mut stream,
+                "404 Not Found",
+                "try /alpha, /beta or /alloc\n",
+            )
+            .await;
+        }
     };
-    let ms = match query_ms(&request.query) {
+    let (key, default, max) = match kind {
+        "alloc" => ("kb", 1024, 1024 * 1024),
+        _ => ("ms", DEFAULT_MS, MAX_MS),
+    };
+    let ms = match query_number(&request.query, key, default, max) {
         Ok(ms) => ms,
         Err(e) => return respond(&mut stream, "400 Bad Request", &format!("{e}\n")).await,
     };
@@ -199,14 +237,19 @@ async fn serve(mut stream: TcpStream) {
 
     let work = async {
         match kind {
-            "alpha" => alpha(ms).await,
-            _ => beta(ms).await,
+            "alpha" => (alpha(ms).await, String::new()),
+            "alloc" => {
+                let (allocated, leaked) = alloc_work(ms);
+                (0, format!(" allocated={allocated} leaked={leaked}"))
+            }
+            _ => (beta(ms).await, String::new()),
         }
     };
-    black_box(work.instrument(span).await);
+    let (result, extra) = work.instrument(span).await;
+    black_box(result);
 
     let body = format!(
-        "trace_id={} span_id={} work={kind} ms={ms}\n",
+        "trace_id={} span_id={} work={kind} {key}={ms}{extra}\n",
         ids.trace_id(),
         ids.span_id()
     );
