@@ -399,6 +399,39 @@ fn record_mem_command_exits_mid_window() {
 }
 
 #[test]
+fn record_mem_follows_the_processes_a_command_forks() {
+    require_kernel!();
+    let out = scratch_dir("record-mem-fork");
+    // The shell forks the workload; the workload waits for the pipe to close
+    // (`sleep`) before it allocates, by which time Hawk follows it.
+    let script = format!("sleep {} | {MEM_WORKLOAD}", hawk_tests::secs(1.5));
+    let run = Command::new(hawk_bin())
+        .args([
+            "record",
+            "--mem",
+            "--duration",
+            "60s",
+            "--format",
+            "json",
+            "--out",
+            out.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("following child process"), "{stderr}");
+    let outstanding = read_json(&outstanding_json(&out));
+    let leak = weight_where(&outstanding, |f| has(f, "leak_memory"));
+    assert_eq!(leak, 32 * 64 * 1024, "{stderr}\n{outstanding:#}");
+}
+
+#[test]
 fn record_mem_bad_input_is_a_clear_error() {
     let out = hawk(&["record", "--mem", "--min-age", "soon"]);
     assert!(!out.status.success());

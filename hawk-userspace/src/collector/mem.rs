@@ -22,7 +22,7 @@
 //! uretprobes sit on the same instruction (no stack change before it, so
 //! `[rsp]` is still the return address) and share the breakpoint.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
@@ -354,6 +354,8 @@ pub struct MemTracer {
     attachments: Vec<Attachment>,
     /// Whether the mmap tracepoints are attached.
     mmap_attached: bool,
+    /// The processes traced one by one (not system-wide).
+    traced: BTreeSet<u32>,
     seen: SeenStacks,
 }
 
@@ -384,6 +386,7 @@ impl MemTracer {
             choice: config.source,
             attachments: Vec::new(),
             mmap_attached: false,
+            traced: BTreeSet::new(),
             seen: SeenStacks::default(),
         };
         for name in PROGRAMS {
@@ -419,6 +422,9 @@ impl MemTracer {
     }
 
     fn add_pid_running(&mut self, pid: u32, exe: Option<&Path>) -> Result<(), CollectorError> {
+        if !self.traced.insert(pid) {
+            return Ok(());
+        }
         let mut pids: BpfHashMap<&mut MapData, u32, u8> = bpf::map_mut(&mut self.ebpf, maps::PIDS)?;
         pids.insert(pid, 1, 0)
             .map_err(|source| CollectorError::Map {
@@ -445,6 +451,31 @@ impl MemTracer {
                 self.attach_libc(&libc, scope)
             }
         }
+    }
+
+    /// Starts tracing the children the traced processes forked (and that
+    /// are still alive), with the source each one's own program calls for.
+    /// Returns the pids added. Allocations a child makes before this call
+    /// are not seen; frees of blocks it inherited count as unknown frees.
+    pub fn follow_children(&mut self) -> Vec<u32> {
+        let parents: Vec<u32> = self.traced.iter().copied().collect();
+        let mut added = Vec::new();
+        for parent in parents {
+            for child in procs::children(parent) {
+                if self.traced.contains(&child) {
+                    continue;
+                }
+                match self.add_pid(child) {
+                    Ok(()) => added.push(child),
+                    // Gone already, or statically linked: nothing to follow.
+                    Err(e) => {
+                        self.traced.insert(child);
+                        tracing::debug!("not following child {child} of {parent}: {e}");
+                    }
+                }
+            }
+        }
+        added
     }
 
     fn attach_sampled(&mut self, binary: &Path, scope: UProbeScope) -> Result<(), CollectorError> {

@@ -298,6 +298,11 @@ pub async fn record_mem(args: &RecordArgs) -> anyhow::Result<MemRecording> {
     targets.release()?;
     eprintln!("hawk-ebpf: tracing allocations");
     let reason = run_window(args.duration, &mut interrupts, &mut targets, || {
+        if !pids.is_empty() {
+            for child in tracer.follow_children() {
+                eprintln!("hawk-ebpf: following child process {child}");
+            }
+        }
         tracer.poll(&mut procs, &mut symbolizer, |_| true)?;
         Ok(())
     })
