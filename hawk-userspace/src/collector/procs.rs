@@ -61,6 +61,26 @@ pub fn comm_str(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
+/// The processes `pid`'s threads forked that are still alive (from
+/// `/proc/PID/task/TID/children`), each once.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,24 +103,4 @@ mod tests {
         assert_eq!(comm_str(b"bash\0\0\0\0garbage"), "bash");
         assert_eq!(comm_str(b"0123456789abcdef"), "0123456789abcdef");
     }
-}
-
-/// The processes `pid`'s threads forked that are still alive (from
-/// `/proc/PID/task/TID/children`), each once.
-pub fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    let mut out: Vec<u32> = tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    out
 }
