@@ -99,6 +99,19 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_children_of_a_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let found = children(std::process::id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found.contains(&child.id()), "{found:?}");
+        assert!(children(u32::MAX).is_empty());
+    }
+
+    #[test]
     fn comm_stops_at_nul() {
         assert_eq!(comm_str(b"bash\0\0\0\0garbage"), "bash");
         assert_eq!(comm_str(b"0123456789abcdef"), "0123456789abcdef");
