@@ -166,7 +166,8 @@ pub fn render_with(
 
 /// The title a profile gets unless one is given, e.g.
 /// `Hawk CPU profile — 10.0 s at 99 Hz, 1234 samples` or
-/// `Hawk memory profile of trace 4bf9… — 2.5 s, 1048576 bytes`.
+/// `Hawk memory profile of trace 4bf9… — 2.5 s, 1048576 bytes outstanding`
+/// (`≈… bytes allocated (sampled)` when the bytes are estimates).
 pub fn default_title(profile: &Profile) -> String {
     let m = &profile.metadata;
     let what = match m.kind {
@@ -188,7 +189,21 @@ pub fn default_title(profile: &Profile) -> String {
     } else {
         unit
     };
-    title.push_str(&format!(", {total} {unit}"));
+    let sampled = m
+        .mem
+        .as_ref()
+        .is_some_and(|mem| mem.source == crate::profile::MemSource::Sampled);
+    title.push_str(&format!(
+        ", {}{total} {unit}",
+        if sampled { "≈" } else { "" }
+    ));
+    if let Some(mem) = &m.mem {
+        title.push(' ');
+        title.push_str(mem.view.as_str());
+        if sampled {
+            title.push_str(" (sampled)");
+        }
+    }
     title
 }
 
@@ -406,10 +421,17 @@ mod tests {
         let mut mem = testutil::mem_profile();
         assert_eq!(
             default_title(&mem),
-            "Hawk memory profile — 2.5 s, 78848 bytes"
+            "Hawk memory profile — 2.5 s, 78848 bytes outstanding"
         );
         mem.samples.truncate(0);
-        assert_eq!(default_title(&mem), "Hawk memory profile — 2.5 s, 0 bytes");
+        if let Some(info) = mem.metadata.mem.as_mut() {
+            info.source = crate::profile::MemSource::Sampled;
+            info.view = crate::profile::MemView::Allocated;
+        }
+        assert_eq!(
+            default_title(&mem),
+            "Hawk memory profile — 2.5 s, ≈0 bytes allocated (sampled)"
+        );
         let mut one = testutil::cpu_profile();
         one.metadata.trace = None;
         one.samples = vec![testutil::sample(1, 1, "x", &["main"], 1)];
