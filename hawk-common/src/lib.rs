@@ -45,6 +45,8 @@ pub mod programs {
     pub const TRACE_CONTEXT_SET: &str = "hawk_trace_context_set";
     /// Tracepoint `sched/sched_process_exec`.
     pub const SCHED_EXEC: &str = "hawk_sched_exec";
+    /// Tracepoint `task/task_newtask`: follows the processes targets fork.
+    pub const TASK_NEWTASK: &str = "hawk_task_newtask";
 }
 
 /// The exported marker symbols of the shim ([`shim`] defines them; Hawk
@@ -66,6 +68,10 @@ pub mod globals {
     pub const STACK_MODE: &str = "STACK_MODE";
     /// u8: when non-zero only threads with a trace context are sampled.
     pub const TRACED_ONLY: &str = "TRACED_ONLY";
+    /// u32: offset of `pid` in a `task/task_newtask` record.
+    pub const NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
+    /// u32: offset of `clone_flags` in a `task/task_newtask` record.
+    pub const NEWTASK_FLAGS_OFFSET: &str = "NEWTASK_FLAGS_OFFSET";
 }
 
 /// Record user stacks.
@@ -89,8 +95,10 @@ pub mod stats {
     pub const TRACED_SAMPLES: u32 = 3;
     /// Exec events lost because the ring buffer was full.
     pub const EXEC_EVENTS_LOST: u32 = 4;
+    /// Forked children of targets not followed because `PIDS` was full.
+    pub const PIDS_FULL: u32 = 5;
     /// Number of counters.
-    pub const LEN: u32 = 5;
+    pub const LEN: u32 = 6;
 }
 
 /// The trace context of a thread: W3C ids in network byte order.

@@ -7,6 +7,8 @@
 //!   calling thread's trace context in `TRACE_CTX`.
 //! - `hawk_sched_exec` (tracepoint sched/sched_process_exec): tells userspace
 //!   which process just exec'd, so it can look for the shim's marker in it.
+//! - `hawk_task_newtask` ([`forks`]): adds the processes targets fork to `PIDS`.
+//! - The memory programs ([`mem`]).
 //!
 //! The programs know nothing about output formats; userspace reads the maps.
 #![no_std]
@@ -24,6 +26,7 @@ use hawk_common::{
     STACK_ID_NONE, STACK_KERNEL, STACK_USER, SampleKey, SampleValue, TraceContext, stats,
 };
 
+mod forks;
 mod mem;
 
 const EEXIST: i32 = 17;

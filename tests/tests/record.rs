@@ -140,6 +140,48 @@ fn record_command_runs_it_until_it_exits() {
 }
 
 #[test]
+fn record_command_follows_the_processes_it_forks() {
+    require_kernel!();
+    let out = scratch_dir("record-command-forks");
+    // The shell forks cpu_split twice (one after the other): both are
+    // followed from their first instruction, in the kernel.
+    let script = format!("{CPU_SPLIT} 1; {CPU_SPLIT} 1");
+    let run = hawk(&[
+        "record",
+        "--duration",
+        "60s",
+        "--freq",
+        "499",
+        "--format",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let json = read_json(&find_output(&out, ".json"));
+    let pids_with_work: std::collections::BTreeSet<u64> = json["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "hot_three_quarters")
+        })
+        .map(|s| s["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids_with_work.len(), 2, "{stderr}\n{json:#}");
+    assert_three_to_one(&json);
+}
+
+#[test]
 fn syscall_heavy_workload_shows_kernel_frames_under_the_caller() {
     require_kernel!();
     let workload = Workload::start(SYSCALL_HEAVY, &["8"]);

@@ -60,11 +60,18 @@ pub fn load(globals: &Globals) -> Result<Ebpf, CollectorError> {
     check::raise_memlock_if_needed();
     let filter = u8::from(globals.filter_pids);
     let traced_only = u8::from(globals.traced_only);
+    let newtask = super::forks::NewTaskOffsets::of_this_kernel();
     let mut loader = EbpfLoader::new();
     loader
         .override_global(hawk_common::globals::FILTER_PIDS, &filter, true)
         .override_global(hawk_common::globals::STACK_MODE, &globals.stack_mode, true)
-        .override_global(hawk_common::globals::TRACED_ONLY, &traced_only, true);
+        .override_global(hawk_common::globals::TRACED_ONLY, &traced_only, true)
+        .override_global(hawk_common::globals::NEWTASK_PID_OFFSET, &newtask.pid, true)
+        .override_global(
+            hawk_common::globals::NEWTASK_FLAGS_OFFSET,
+            &newtask.clone_flags,
+            true,
+        );
     loader.load(BPF_OBJECT).map_err(CollectorError::Load)
 }
 

@@ -156,6 +156,10 @@ impl CpuSampler {
         for pid in &config.pids {
             sampler.add_pid(*pid)?;
         }
+        if !config.pids.is_empty() {
+            // The processes the targets fork are sampled too.
+            super::forks::follow(&mut sampler.ebpf)?;
+        }
         sampler.attach()?;
         sampler.started = SystemTime::now();
         Ok(sampler)

@@ -1,11 +1,12 @@
 //! Everything that talks to the kernel: loading Hawk's BPF object, checking
-//! privileges and kernel features, attaching the CPU sampler, reading its
-//! maps, and reading `/proc`. It hands plain data ([`cpu::RawSample`]) to the
+//! privileges and kernel features, attaching the CPU sampler, the memory
+//! tracer and the fork follower, reading their maps, and reading `/proc`. It hands plain data ([`cpu::RawSample`]) to the
 //! rest of the pipeline; nothing outside this module knows about BPF.
 
 pub mod bpf;
 pub mod check;
 pub mod cpu;
+pub mod forks;
 pub mod mem;
 pub mod procs;
 pub mod shim;
