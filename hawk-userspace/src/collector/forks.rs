@@ -52,7 +52,7 @@ impl NewTaskOffsets {
 }
 
 /// The offset of `name` in a tracepoint format, from a line like
-/// `field:pid_t pid;	offset:8;	size:4;	signed:1;`.
+/// `field:pid_t pid; offset:8; size:4; signed:1;`.
 fn field_offset(format: &str, name: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let line = line.trim();
