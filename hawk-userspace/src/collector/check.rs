@@ -233,12 +233,33 @@ pub fn run_checks() -> Vec<Check> {
         },
     });
     let tracefs = ensure_tracefs();
+    // The events Hawk attaches to: exec (shim discovery), new tasks (fork
+    // following), mmap/munmap (memory profiles).
+    let missing_events: Vec<&str> = match &tracefs {
+        Ok(dir) => [
+            "sched/sched_process_exec",
+            "task/task_newtask",
+            "syscalls/sys_enter_mmap",
+            "syscalls/sys_exit_mmap",
+            "syscalls/sys_enter_munmap",
+        ]
+        .into_iter()
+        .filter(|event| !Path::new(dir).join("events").join(event).exists())
+        .collect(),
+        Err(_) => Vec::new(),
+    };
     checks.push(Check {
         name: "tracepoints",
-        ok: tracefs.is_ok(),
+        ok: tracefs.is_ok() && missing_events.is_empty(),
         required: false,
         detail: match tracefs {
-            Ok(dir) => format!("tracefs at {dir}"),
+            Ok(dir) if missing_events.is_empty() => {
+                format!("tracefs at {dir}; exec, fork, mmap and munmap events present")
+            }
+            Ok(dir) => format!(
+                "tracefs at {dir}, but no {} (CONFIG_FTRACE_SYSCALLS off?)",
+                missing_events.join(", ")
+            ),
             Err(e) => e,
         },
     });

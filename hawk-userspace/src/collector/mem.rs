@@ -245,6 +245,25 @@ pub fn find_libc(pid: u32) -> Result<PathBuf, CollectorError> {
     Ok(in_root(pid, &path))
 }
 
+/// The C library of every running process, as paths that reach them from
+/// here (repeats included).
+fn all_libcs() -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| find_libc(pid).ok())
+        .collect()
+}
+
+/// Device and inode of a file.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
 /// The path of the C library in the text of a `/proc/PID/maps`.
 fn libc_in_maps(maps: &str) -> Option<PathBuf> {
     maps.lines().find_map(|line| {
@@ -396,8 +415,22 @@ impl MemTracer {
                 .map_err(|source| CollectorError::Program { name, source })?;
         }
         if system_wide {
-            let libc = find_libc(std::process::id())?;
-            tracer.attach_libc(&libc, UProbeScope::AllProcesses)?;
+            // Every C library some process maps (containers bring their
+            // own), each file once; Hawk's own first, so that one failure
+            // elsewhere does not stop the rest.
+            let mine = find_libc(std::process::id())?;
+            tracer.attach_libc(&mine, UProbeScope::AllProcesses)?;
+            let mut done = HashSet::new();
+            if let Some(id) = file_id(&mine) {
+                done.insert(id);
+            }
+            for libc in all_libcs() {
+                if file_id(&libc).is_some_and(|id| done.insert(id))
+                    && let Err(e) = tracer.attach_libc(&libc, UProbeScope::AllProcesses)
+                {
+                    tracing::warn!("not probing {}: {e}", libc.display());
+                }
+            }
         }
         for pid in &config.pids {
             let exe = config
