@@ -435,6 +435,18 @@ impl CpuSampler {
         Ok(out)
     }
 
+    /// Pids of the keys still in the kernel map as of the last drain: their
+    /// processes may have samples to come, even if they exited.
+    pub fn pending_pids(&self) -> HashSet<u32> {
+        self.drain.taken.keys().map(|k| k.pid).collect()
+    }
+
+    /// Forgets which stacks of the processes `gone` says are gone were
+    /// normalized (the daemon's periodic cleanup).
+    pub fn forget_processes(&mut self, gone: impl FnMut(u32) -> bool) {
+        self.seen.forget_processes(gone);
+    }
+
     /// Counters of [`CpuSampler::drain`].
     pub fn drain_stats(&self) -> DrainStats {
         self.drain.stats

@@ -34,7 +34,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
 /// The Prometheus text of the daemon's state.
 pub fn render(shared: &Shared, http: &HttpCounters) -> String {
     let stats = lock(&shared.stats).clone();
-    let (sym, locations) = (stats.symbolizer, stats.symbolizer_locations);
+    let (sym, caches) = (stats.symbolizer, stats.symbolizer_caches);
     let (store_stats, traces, bytes, records) = {
         let store = lock(&shared.store);
         (
@@ -179,15 +179,46 @@ pub fn render(shared: &Shared, http: &HttpCounters) -> String {
         &mut out,
         "hawk_symbolizer_modules",
         gauge,
-        "ELF files opened by the symbolizer.",
-        &[("", n(sym.modules))],
+        "ELF files the symbolizer holds open (modules of processes that live or have samples held).",
+        &[("", caches.modules as f64)],
+    );
+    metric(
+        &mut out,
+        "hawk_symbolizer_modules_dropped_total",
+        counter,
+        "Modules dropped because no remaining process maps them.",
+        &[("", n(sym.modules_dropped))],
     );
     metric(
         &mut out,
         "hawk_symbolizer_locations",
         gauge,
         "Normalized (pid, address) pairs held.",
-        &[("", locations as f64)],
+        &[("", caches.locations as f64)],
+    );
+    metric(
+        &mut out,
+        "hawk_symbolizer_names",
+        gauge,
+        "Function names cached, by kind of address.",
+        &[
+            ("kind=\"user\"", caches.user_names as f64),
+            ("kind=\"kernel\"", caches.kernel_names as f64),
+        ],
+    );
+    metric(
+        &mut out,
+        "hawk_processes_known",
+        gauge,
+        "Processes in the process table (alive, or with samples held).",
+        &[("", stats.processes_known as f64)],
+    );
+    metric(
+        &mut out,
+        "hawk_processes_forgotten_total",
+        counter,
+        "Processes forgotten after they exited and their samples left the store.",
+        &[("", n(stats.processes_forgotten))],
     );
     metric(
         &mut out,

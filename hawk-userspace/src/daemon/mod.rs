@@ -7,7 +7,12 @@
 //!   ([`CpuSampler::drain`]) into the [`store::Store`]: a rolling window
 //!   bounded in time and memory, plus the samples of each trace id seen.
 //!   User addresses are normalized while their processes live; names are
-//!   looked up only when a profile is asked for.
+//!   looked up only when a profile is asked for. Once a minute, right after
+//!   a drain, what is known of processes that exited and have no samples
+//!   left (in the store or the kernel map) is forgotten: the process table,
+//!   the symbolizer's mappings, modules and names, the sampler's and the
+//!   shim scanner's per-pid sets. So a node with many short-lived processes
+//!   does not grow the daemon.
 //! - [`http`] serves the profiles, health and metrics (axum).
 //! - With `--out`, every trace that has been quiet for `--trace-grace` is
 //!   written as files (the seed's names), all or only those longer than
@@ -37,7 +42,7 @@ use crate::correlate::build_profile;
 use crate::output;
 use crate::profile::{Metadata, Profile, ProfileKind, SpanId, TraceId, TraceIds};
 use crate::render::Format;
-use crate::symbolize::{Symbolizer, SymbolizerStats};
+use crate::symbolize::{CacheSizes, Symbolizer, SymbolizerStats};
 use store::{Store, StoreConfig};
 
 /// How often the kernel aggregation is drained into the store.
@@ -46,7 +51,8 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(200);
 /// How often every process is rescanned for the shim (lost exec events).
 const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
-/// How often the symbolizer forgets processes that exited and left the store.
+/// How often what is known of processes that exited and left the store is
+/// forgotten.
 const FORGET_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Everything the daemon is configured with.
@@ -85,7 +91,12 @@ pub struct CollectorStats {
     pub traces_written: u64,
     pub trace_write_errors: u64,
     pub symbolizer: SymbolizerStats,
-    pub symbolizer_locations: usize,
+    /// What the symbolizer's caches hold.
+    pub symbolizer_caches: CacheSizes,
+    /// Processes in the process table.
+    pub processes_known: usize,
+    /// Processes forgotten by the periodic cleanup.
+    pub processes_forgotten: u64,
 }
 
 /// A job run on the collector thread, which owns the symbolizer (blazesym's
@@ -278,6 +289,11 @@ impl Collector {
         if self.last_drain.elapsed() >= DRAIN_INTERVAL {
             self.drain();
             self.write_finished(false);
+            // Right after a drain: whatever a process left is in the store.
+            if self.last_forget.elapsed() >= FORGET_INTERVAL {
+                self.forget_gone_processes();
+                self.last_forget = Instant::now();
+            }
         } else if let Err(e) = self
             .sampler
             .poll(&mut self.procs, &mut self.symbolizer, |_| true)
@@ -285,10 +301,6 @@ impl Collector {
             // Between drains: normalize new stacks while short-lived
             // processes still live.
             tracing::debug!("polling the CPU samples: {e}");
-        }
-        if self.last_forget.elapsed() >= FORGET_INTERVAL {
-            self.forget_gone_processes();
-            self.last_forget = Instant::now();
         }
     }
 
@@ -325,15 +337,23 @@ impl Collector {
     fn publish_symbolizer_stats(&self) {
         let mut stats = lock(&self.shared.stats);
         stats.symbolizer = self.symbolizer.stats();
-        stats.symbolizer_locations = self.symbolizer.locations_held();
+        stats.symbolizer_caches = self.symbolizer.sizes();
+        stats.processes_known = self.procs.len();
     }
 
-    /// Addresses of processes that exited and have no samples left are of
-    /// no use any more.
+    /// Forgets what is known of the processes that exited and whose samples
+    /// are no longer held (in the store, or in the kernel map as of the last
+    /// drain).
     fn forget_gone_processes(&mut self) {
-        let held = lock(&self.shared.store).pids();
-        self.symbolizer
-            .forget_processes(|pid| !held.contains(&pid) && !procs::is_alive(pid));
+        let mut held = lock(&self.shared.store).pids();
+        held.extend(self.sampler.pending_pids());
+        let live = procs::live_pids();
+        let gone = |pid: u32| !held.contains(&pid) && !live.contains(&pid);
+        let forgotten = self.procs.forget(gone);
+        self.symbolizer.forget_processes(gone);
+        self.sampler.forget_processes(gone);
+        lock(&self.shared.stats).processes_forgotten += forgotten as u64;
+        self.publish_symbolizer_stats();
     }
 
     /// Writes the traces that finished (quiet for the grace) to `--out`.
