@@ -149,6 +149,13 @@ pub fn render(shared: &Shared, http: &HttpCounters) -> String {
     );
     metric(
         &mut out,
+        "hawk_stacks_swept_total",
+        counter,
+        "Orphan stack ids (of samples dropped while the counts map was full) deleted by sweeps.",
+        &[("", n(stats.drain.stacks_swept))],
+    );
+    metric(
+        &mut out,
         "hawk_drains_total",
         counter,
         "Drains of the kernel aggregation.",
