@@ -2,9 +2,10 @@
 //! over loopback HTTP by a small std client: every endpoint and format, bad
 //! parameters, unknown traces, the concurrency bound, auth off loopback, a
 //! trace's profile asked for after the request finished (the instrumented
-//! service), `--out`, and SIGTERM.
+//! service), `--out`, SIGTERM, and clients that never finish their headers.
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -410,6 +411,53 @@ fn off_loopback_needs_a_token_and_the_token_is_checked() {
     assert_eq!(r.status, 200, "{}", r.text());
     // Liveness probes need no token.
     assert_eq!(get(port, "/healthz", &[]).status, 200);
+    let (code, stderr) = daemon.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    require_kernel!();
+    let daemon = Daemon::start(&["--header-timeout", "1s"]);
+    let connect = || {
+        let stream = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+        // Far beyond the header timeout: only a hung daemon gets here.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+    };
+    // The request line and a header, never the blank line that ends them.
+    let mut partial = connect();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    // And a connection that sends nothing at all.
+    let mut silent = connect();
+    for (what, stream) in [("partial headers", &mut partial), ("nothing", &mut silent)] {
+        let mut answer = Vec::new();
+        match stream.read_to_end(&mut answer) {
+            Ok(_) => assert!(
+                answer.is_empty(),
+                "{what}: {}",
+                String::from_utf8_lossy(&answer)
+            ),
+            Err(e) => assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "{what}: the daemon kept the connection open"
+            ),
+        }
+    }
+    // A complete request still gets its answer, and the daemon still serves.
+    let mut whole = connect();
+    whole
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    whole.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(daemon.get("/healthz").status, 200);
     let (code, stderr) = daemon.terminate();
     assert_eq!(code, Some(0), "{stderr}");
 }

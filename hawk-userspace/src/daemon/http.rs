@@ -12,7 +12,9 @@
 //! Bad parameters get 400 with a one-line reason; more than
 //! `--max-concurrent` profiles at once get 429, more than [`MAX_IN_FLIGHT`]
 //! requests of any kind 503, and a request that outlives its `seconds` by
-//! two minutes 504. With `--auth-token`, every
+//! two minutes 504. [`serve`] runs HTTP/1 connections with hyper itself, so
+//! that a client that does not send complete request headers within
+//! `--header-timeout` (a slow or idle client) loses its connection. With `--auth-token`, every
 //! endpoint but `/healthz` wants `Authorization: Bearer <token>`, compared
 //! in constant time; a non-loopback `--listen` without a token is refused at
 //! start. Each profile request is a server span (child of an incoming W3C
@@ -30,6 +32,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use super::metrics::{self, HttpCounters};
@@ -69,6 +74,73 @@ pub fn check_listen(config: &DaemonConfig) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Serves `app` on `listener`, HTTP/1, until `stop` turns true; then each
+/// connection finishes the request it is serving (in-flight profiles end
+/// early on `stop` too) and closes, and `serve` returns once all have.
+///
+/// A connection must deliver each request's complete headers within
+/// `header_timeout` of starting to wait for them (from the accept, or from
+/// the end of the previous response), or hyper closes it: a client that
+/// trickles its headers, or opens connections and sends nothing, holds
+/// nothing for longer than that.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    // Each connection task holds a receiver; `closed()` resolves when all
+    // are gone.
+    let (open_tx, open_rx) = watch::channel(());
+    let stopping = stopped(stop.clone());
+    tokio::pin!(stopping);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait, do not spin.
+                    tracing::debug!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopping => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let stopping = stopped(stop.clone());
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stopping => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
+                }
+            };
+            if let Err(e) = result {
+                // A header timeout, a client gone mid-request: its business.
+                tracing::debug!("HTTP connection: {e}");
+            }
+            drop(open);
+        });
+    }
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
+/// Resolves when `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// The router of every endpoint.

@@ -65,6 +65,8 @@ pub struct DaemonConfig {
     pub auth_token: Option<String>,
     /// Profile requests served at once; more get 429.
     pub max_concurrent: usize,
+    /// How long a connection may take to send a request's headers.
+    pub header_timeout: Duration,
     /// Longest `seconds` of a profile request.
     pub max_seconds: u64,
     /// Binaries to attach the trace-context uprobe to even before they run.
@@ -458,14 +460,12 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         config.store.retention.as_secs_f64(),
         attached
     );
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let server = tokio::spawn(http::serve(
+        listener,
+        app,
+        config.header_timeout,
+        stop_rx.clone(),
+    ));
     tokio::select! {
         _ = sigint.recv() => {}
         _ = sigterm.recv() => {}
@@ -473,9 +473,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     eprintln!("hawk-ebpf: stopping");
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(15), server).await {
-        Ok(Ok(Err(e))) => tracing::warn!("HTTP server: {e}"),
         Ok(Err(e)) => tracing::warn!("HTTP server task: {e}"),
-        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(())) => {}
         Err(_) => tracing::warn!("HTTP requests still running after 15 s; stopping anyway"),
     }
     // Dropping the last sender ends the collector loop: it drains once more
