@@ -160,7 +160,7 @@ pub struct RecordArgs {
 }
 
 /// A duration that may be zero (`0`, `0s`, `0ms`…), unlike `--duration`.
-fn parse_age(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_age(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

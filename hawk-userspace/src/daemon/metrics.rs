@@ -16,6 +16,8 @@ pub struct HttpCounters {
     pub rejected_busy: AtomicU64,
     pub bad_requests: AtomicU64,
     pub unauthorized: AtomicU64,
+    /// Memory windows tracing now (probes attached).
+    pub mem_windows_active: AtomicU64,
 }
 
 /// Appends one metric with its help and type lines.
@@ -305,6 +307,13 @@ pub fn render(shared: &Shared, http: &HttpCounters) -> String {
             ("outcome=\"bad_request\"", get(&http.bad_requests)),
             ("outcome=\"unauthorized\"", get(&http.unauthorized)),
         ],
+    );
+    metric(
+        &mut out,
+        "hawk_mem_windows_active",
+        gauge,
+        "Memory profile windows tracing allocations now (probes attached).",
+        &[("", get(&http.mem_windows_active))],
     );
     out
 }

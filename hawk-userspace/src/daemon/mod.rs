@@ -13,7 +13,8 @@
 //!   the symbolizer's mappings, modules and names, the sampler's and the
 //!   shim scanner's per-pid sets. So a node with many short-lived processes
 //!   does not grow the daemon.
-//! - [`http`] serves the profiles, health and metrics (axum).
+//! - [`http`] serves the profiles, health and metrics (axum); memory
+//!   profiles are traced per request, for the pids named ([`mem`]).
 //! - With `--out`, every trace that has been quiet for `--trace-grace` is
 //!   written as files (the seed's names), all or only those longer than
 //!   `--min-trace-duration`.
@@ -22,6 +23,7 @@
 //!   and return.
 
 pub mod http;
+pub mod mem;
 pub mod metrics;
 pub mod store;
 
