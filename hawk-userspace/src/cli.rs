@@ -176,7 +176,7 @@ pub struct RecordArgs {
 }
 
 /// A duration that may be zero (`0`, `0s`, `0ms`…), unlike `--duration`.
-fn parse_age(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_age(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -295,6 +295,11 @@ pub struct DaemonArgs {
     /// Longest `seconds` a profile request may ask for.
     #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = parse_positive)]
     pub max_seconds: usize,
+    /// Close a connection that has not sent a request's complete headers
+    /// this long after it opened or its last response ended (slow or idle
+    /// clients).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
     /// Attach to this binary even if it is not running yet (repeatable);
     /// running and newly started shimmed programs are found without it.
     #[arg(long, value_name = "PATH")]

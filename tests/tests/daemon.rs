@@ -1,11 +1,13 @@
 //! `hawk-ebpf daemon`: the real daemon with the real BPF programs, driven
 //! over loopback HTTP by a small std client: every endpoint and format, bad
-//! parameters, unknown traces, the concurrency bound, auth off loopback, a
+//! parameters, unknown traces, the concurrency bound, auth off loopback, the
+//! memory profile of a process with a known leak, a
 //! trace's profile asked for after the request finished (the instrumented
-//! service), `--out`, and SIGTERM.
+//! service), `--out`, SIGTERM, and clients that never finish their headers.
 
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hawk_tests::http::{Response, TracedService, frames_of, get};
@@ -14,6 +16,7 @@ use hawk_tests::{
 };
 
 const CPU_SPLIT: &str = env!("CARGO_BIN_EXE_cpu_split");
+const MEM_WORKLOAD: &str = env!("CARGO_BIN_EXE_mem_workload");
 const TRACED_SERVICE: &str = env!("CARGO_BIN_EXE_traced_service");
 // Trace ids of this file only: tests run in parallel and every daemon sees
 // every process.
@@ -229,7 +232,6 @@ fn daemon_serves_profiles_health_and_metrics() {
     let r = daemon.get("/debug/prof/trace/0123456789abcdef0123456789abcdef");
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(daemon.get("/nope").status, 404);
-    assert_eq!(daemon.get("/debug/prof/mem/ebpf/").status, 501);
 
     // The concurrency bound: one profile at a time here.
     let port = daemon.port;
@@ -282,6 +284,188 @@ fn daemon_serves_profiles_health_and_metrics() {
         !stderr.contains("ERROR") && !stderr.contains("WARN"),
         "{stderr}"
     );
+}
+
+/// `mem_workload` held at its gate: it allocates only when told to.
+struct MemWorkload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pid: u32,
+}
+
+impl MemWorkload {
+    fn start() -> Self {
+        let mut child = Command::new(MEM_WORKLOAD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting mem_workload");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("ready line");
+        let pid = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("mem_workload printed {line:?}"));
+        Self {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
+    }
+
+    /// Opens the gate; returns the byte counts it reports once done.
+    fn run(&mut self) -> std::collections::HashMap<String, u64> {
+        writeln!(self.stdin.as_mut().expect("stdin"), "go").unwrap();
+        let mut truth = std::collections::HashMap::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "mem_workload ended early"
+            );
+            match line.trim().split_once(' ') {
+                Some((key, value)) => {
+                    truth.insert(key.to_string(), value.parse().unwrap());
+                }
+                None if line.trim() == "done" => return truth,
+                None => panic!("mem_workload printed {line:?}"),
+            }
+        }
+    }
+
+    /// Closes its stdin: it lingers 1.5 s, then exits.
+    fn let_exit(&mut self) {
+        drop(self.stdin.take());
+    }
+}
+
+impl Drop for MemWorkload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of the first sample of metric `name` (with its labels, if
+/// any) in the daemon's `/metrics`.
+fn metric_value(daemon: &Daemon, name: &str) -> Option<f64> {
+    let text = daemon.get("/metrics").text();
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn a_memory_profile_of_one_process_shows_its_leak() {
+    require_kernel!();
+    let daemon = Daemon::start(&[]);
+    // Memory is profiled per process only: no pid, no profile.
+    for (path, needle) in [
+        ("/debug/prof/mem/ebpf/", "pid is required"),
+        (
+            "/debug/prof/mem/ebpf?seconds=1&format=json",
+            "pid is required",
+        ),
+        ("/debug/prof/mem/ebpf/?pid=999999999", "no such process"),
+        ("/debug/prof/mem/ebpf/?pid=1&view=live", "invalid view"),
+        (
+            "/debug/prof/mem/ebpf/?pid=1&min_age=soon",
+            "invalid min_age",
+        ),
+    ] {
+        let r = daemon.get(path);
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        let text = r.text();
+        assert!(text.contains(needle), "{path}: {text}");
+        assert_eq!(text.trim_end().lines().count(), 1, "{path}: {text}");
+    }
+
+    let mut workload = MemWorkload::start();
+    let (port, pid) = (daemon.port, workload.pid);
+    // 30 s at most; the window ends when the workload exits.
+    let request = std::thread::spawn(move || {
+        get(
+            port,
+            &format!("/debug/prof/mem/ebpf/?seconds=30&pid={pid}&format=json"),
+            &[],
+        )
+    });
+    // Allocate only once the probes are in place.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric_value(&daemon, "hawk_mem_windows_active ") != Some(1.0) {
+        assert!(!request.is_finished(), "{}", request.join().unwrap().text());
+        assert!(Instant::now() < deadline, "the memory window never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let truth = workload.run();
+    workload.let_exit();
+    let r = request.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.content_type(), "application/json");
+    let disposition = r
+        .headers
+        .get("content-disposition")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        disposition.contains("hwk_mem_ebpf_profile_") && disposition.ends_with(".json\""),
+        "{disposition}"
+    );
+    let json = r.json();
+    assert_eq!(json["type"], "mem");
+    assert_eq!(json["metadata"]["unit"], "bytes");
+    assert_eq!(json["metadata"]["mem"]["view"], "outstanding");
+    assert_eq!(json["metadata"]["target_pids"], serde_json::json!([pid]));
+    assert!(
+        json["metadata"]["duration_secs"].as_f64().unwrap() < 30.0,
+        "the window ends when its target exits: {}",
+        json["metadata"]
+    );
+    // The leak, all of it outstanding, under leak_memory.
+    let leaked = truth["leaked"];
+    let leak = weight_where(&json, |f| f.contains(&"leak_memory"));
+    eprintln!(
+        "memory window of {:.1} s: {leak} bytes outstanding under leak_memory (leaked {leaked}), heap_current_bytes {} (the workload holds {})",
+        json["metadata"]["duration_secs"], json["heap_current_bytes"], truth["live"]
+    );
+    assert!(
+        leak.abs_diff(leaked) <= leaked / 20,
+        "outstanding under leak_memory {leak}, leaked {leaked}: {json}"
+    );
+    // The churn was freed.
+    assert_eq!(weight_where(&json, |f| f.contains(&"churn_memory")), 0);
+    // The live heap at the end: what the workload holds (the leak and the
+    // grown buffer), give or take its own small allocations.
+    let live = truth["live"];
+    let heap = json["heap_current_bytes"]
+        .as_u64()
+        .expect("heap_current_bytes");
+    assert!(
+        heap >= leaked && heap.abs_diff(live) <= live / 10,
+        "heap_current_bytes {heap}, the workload holds {live}"
+    );
+    assert_eq!(metric_value(&daemon, "hawk_mem_windows_active "), Some(0.0));
+
+    // The allocated view, folded, of a process that keeps running (this one).
+    let r = daemon.get(&format!(
+        "/debug/prof/mem/ebpf/?seconds=1&pid={}&view=allocated&format=folded",
+        std::process::id()
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.content_type(), "text/plain; charset=utf-8");
+    let disposition = r
+        .headers
+        .get("content-disposition")
+        .cloned()
+        .unwrap_or_default();
+    assert!(disposition.ends_with("_alloc.folded\""), "{disposition}");
+    let (code, stderr) = daemon.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[test]
@@ -414,6 +598,53 @@ fn off_loopback_needs_a_token_and_the_token_is_checked() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
+#[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    require_kernel!();
+    let daemon = Daemon::start(&["--header-timeout", "1s"]);
+    let connect = || {
+        let stream = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+        // Far beyond the header timeout: only a hung daemon gets here.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+    };
+    // The request line and a header, never the blank line that ends them.
+    let mut partial = connect();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    // And a connection that sends nothing at all.
+    let mut silent = connect();
+    for (what, stream) in [("partial headers", &mut partial), ("nothing", &mut silent)] {
+        let mut answer = Vec::new();
+        match stream.read_to_end(&mut answer) {
+            Ok(_) => assert!(
+                answer.is_empty(),
+                "{what}: {}",
+                String::from_utf8_lossy(&answer)
+            ),
+            Err(e) => assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "{what}: the daemon kept the connection open"
+            ),
+        }
+    }
+    // A complete request still gets its answer, and the daemon still serves.
+    let mut whole = connect();
+    whole
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    whole.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(daemon.get("/healthz").status, 200);
+    let (code, stderr) = daemon.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 /// An OTLP/gRPC trace receiver (opentelemetry-proto's tonic server types)
 /// on a loopback port, keeping what it receives.
 mod otlp {
@@ -512,6 +743,20 @@ fn profiling_spans_reach_an_otlp_receiver() {
         disposition.contains(&format!("_trace-{TRACE_P}_span-{profiling_span}.json")),
         "{disposition}"
     );
+    // A memory profile (of this process) under the same traceparent.
+    let r = get(
+        daemon.port,
+        &format!(
+            "/debug/prof/mem/ebpf/?seconds=1&pid={}&format=json",
+            std::process::id()
+        ),
+        &[("traceparent", &traceparent)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mem_span = r.json()["trace_context"]["span_id"]
+        .as_str()
+        .expect("the memory profile names its span")
+        .to_string();
     let (code, stderr) = daemon.terminate();
     assert_eq!(code, Some(0), "{stderr}");
 
@@ -543,7 +788,7 @@ fn profiling_spans_reach_an_otlp_receiver() {
                 })
             })
             .collect();
-        if spans.len() >= 2 {
+        if spans.len() >= 4 {
             break spans;
         }
         assert!(
@@ -604,6 +849,26 @@ fn profiling_spans_reach_an_otlp_receiver() {
     };
     assert_eq!(Some(samples as u64), json["metadata"]["samples"].as_u64());
     assert!(matches!(attr("hawk.pids"), Value::ArrayValue(_)));
+
+    // The memory profile: its own span, child of its request's server span.
+    let (_, _, mem_server) = find("GET /debug/prof/mem/ebpf/");
+    assert_eq!(hex(&mem_server.parent_span_id), SPAN_P);
+    let (_, _, mem) = find("hawk.profile.mem");
+    assert_eq!(hex(&mem.trace_id), TRACE_P);
+    assert_eq!(hex(&mem.parent_span_id), hex(&mem_server.span_id));
+    assert_eq!(hex(&mem.span_id), mem_span, "the span the JSON names");
+    let mem_attr = |key: &str| {
+        mem.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.clone())
+            .unwrap_or_else(|| panic!("no attribute {key}: {:?}", mem.attributes))
+    };
+    assert_eq!(
+        mem_attr("hawk.profiler.type"),
+        Value::StringValue("mem".into())
+    );
+    assert_eq!(mem_attr("hawk.frames"), Value::IntValue(127));
     runtime.shutdown_background();
 }
 

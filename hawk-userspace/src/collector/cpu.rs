@@ -4,7 +4,7 @@
 //! and stacks while they live, and reads it all at the end.
 
 use std::collections::{HashMap, HashSet};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap};
@@ -37,6 +37,33 @@ fn unreferenced_stacks<'a>(
         .filter(|id| !referenced.contains(id))
         .collect()
 }
+
+/// One step of the orphan sweep ([`CpuSampler::sweep_orphan_stacks`]): the
+/// stack ids among `held` that no key `referenced` are orphans. Those that
+/// were orphans at the previous step too (`previous`) are to be deleted; the
+/// others wait for the next step, since a sample may be between taking its
+/// stack id and inserting its key. Returns (ids to delete, orphans to look
+/// at again).
+fn sweep_step(
+    previous: &HashSet<i32>,
+    held: impl Iterator<Item = i32>,
+    referenced: &HashSet<i32>,
+) -> (Vec<i32>, HashSet<i32>) {
+    let mut delete = Vec::new();
+    let mut wait = HashSet::new();
+    for id in held.filter(|id| !referenced.contains(id)) {
+        if previous.contains(&id) {
+            delete.push(id);
+        } else {
+            wait.insert(id);
+        }
+    }
+    (delete, wait)
+}
+
+/// How often at most [`CpuSampler::drain`] sweeps the stack map for
+/// orphans, while samples are being dropped or orphans wait.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Entries of the `CPU_COUNTS` map, as declared in `hawk-ebpf`.
 pub const COUNTS_CAPACITY: u64 = 32_768;
@@ -96,6 +123,11 @@ struct DrainState {
     taken: HashMap<SampleKey, u64>,
     /// Stacks read out of `STACKS`, by id, while a key references them.
     stacks: HashMap<i32, Vec<u64>>,
+    /// Stack ids no key referenced at the last sweep.
+    orphans: HashSet<i32>,
+    /// `COUNTS_FULL` as of the last sweep.
+    swept_at_full: u64,
+    last_sweep: Option<Instant>,
     stats: DrainStats,
 }
 
@@ -115,6 +147,9 @@ pub struct DrainStats {
     /// Samples whose stack was gone from the stack map when read (a stack
     /// freed just as a new sample took its id).
     pub stacks_missing: u64,
+    /// Orphan stack ids deleted by sweeps (stacks of samples the full
+    /// counts map dropped).
+    pub stacks_swept: u64,
 }
 
 impl CpuSampler {
@@ -328,6 +363,15 @@ impl CpuSampler {
     /// that very id just as it is deleted finds no stack when read; those are
     /// counted in [`DrainStats::stacks_missing`].
     ///
+    /// That cleaning only knows the ids some key referenced. A sample
+    /// dropped because `CPU_COUNTS` was full has already put its stacks in
+    /// `STACKS`, and no key will ever name them: left alone, such orphans
+    /// would pile up over a long run (each one blocks its hash bucket, so
+    /// later stacks landing there are lost). So while the kernel counts
+    /// dropped samples, or orphans from the last sweep wait, a drain also
+    /// sweeps the whole stack map, at most every [`SWEEP_INTERVAL`] (see
+    /// [`CpuSampler::sweep_orphan_stacks`]).
+    ///
     /// New user stacks are normalized on the way (see [`CpuSampler::poll`]),
     /// while their processes live. Returns the new samples, counts being the
     /// increments since the last drain.
@@ -421,7 +465,81 @@ impl CpuSampler {
         }
         self.drain.stats.keys_held = self.drain.taken.len() as u64;
         self.drain.stats.stacks_held = self.drain.stacks.len() as u64;
+        if self.sweep_due()
+            && let Err(e) = self.sweep_orphan_stacks()
+        {
+            tracing::debug!("sweeping the stack map: {e}");
+        }
         Ok(out)
+    }
+
+    /// True when samples were dropped since the last sweep (their stacks may
+    /// be orphans) or orphans wait, and the last sweep is old enough.
+    fn sweep_due(&self) -> bool {
+        let state = &self.drain;
+        if state
+            .last_sweep
+            .is_some_and(|at| at.elapsed() < SWEEP_INTERVAL)
+        {
+            return false;
+        }
+        !state.orphans.is_empty()
+            || self
+                .kernel_stats()
+                .is_ok_and(|k| k.counts_full > state.swept_at_full)
+    }
+
+    /// Deletes from `STACKS` the ids that no key of `CPU_COUNTS` referenced
+    /// at this sweep nor at the previous one (one step of [`sweep_step`]);
+    /// returns how many. The drain calls it when due; it costs one pass over
+    /// each map.
+    pub fn sweep_orphan_stacks(&mut self) -> Result<u64, CollectorError> {
+        let full = self.kernel_stats()?.counts_full;
+        // Keys first, then stacks: a stack stored after the keys were listed
+        // looks orphaned, and only waits.
+        let referenced: HashSet<i32> = Self::counts(&self.ebpf)?
+            .keys()
+            .flatten()
+            .flat_map(|k| [k.user_stack_id, k.kernel_stack_id])
+            .filter(|id| *id >= 0)
+            .collect();
+        let held: Vec<i32> = Self::stacks(&self.ebpf)?
+            .stack_ids()
+            .flatten()
+            .map(|id| id as i32)
+            .collect();
+        let (delete, wait) = sweep_step(&self.drain.orphans, held.into_iter(), &referenced);
+        let mut swept = 0;
+        if !delete.is_empty() {
+            let mut stacks: StackTraceMap<&mut MapData> =
+                bpf::map_mut(&mut self.ebpf, maps::STACKS)?;
+            for id in &delete {
+                if stacks.remove(&(*id as u32)).is_ok() {
+                    swept += 1;
+                }
+                self.drain.stacks.remove(id);
+            }
+            self.seen.forget(&delete.into_iter().collect());
+        }
+        let state = &mut self.drain;
+        state.orphans = wait;
+        state.swept_at_full = full;
+        state.last_sweep = Some(Instant::now());
+        state.stats.stacks_swept += swept;
+        state.stats.stacks_held = state.stacks.len() as u64;
+        Ok(swept)
+    }
+
+    /// Pids of the keys still in the kernel map as of the last drain: their
+    /// processes may have samples to come, even if they exited.
+    pub fn pending_pids(&self) -> HashSet<u32> {
+        self.drain.taken.keys().map(|k| k.pid).collect()
+    }
+
+    /// Forgets which stacks of the processes `gone` says are gone were
+    /// normalized (the daemon's periodic cleanup).
+    pub fn forget_processes(&mut self, gone: impl FnMut(u32) -> bool) {
+        self.seen.forget_processes(gone);
     }
 
     /// Counters of [`CpuSampler::drain`].
@@ -450,6 +568,24 @@ mod tests {
         assert_eq!(increment(7, 7), 0, "idle: the key may go");
         assert_eq!(increment(2, 7), 2, "deleted and recreated since");
         assert_eq!(increment(5, 0), 5, "new key");
+    }
+
+    #[test]
+    fn orphan_stacks_are_deleted_at_their_second_sweep() {
+        let referenced = HashSet::from([1, 2]);
+        // First sweep: 3 and 4 are orphans, and wait.
+        let (delete, wait) = sweep_step(&HashSet::new(), [1, 2, 3, 4].into_iter(), &referenced);
+        assert!(delete.is_empty());
+        assert_eq!(wait, HashSet::from([3, 4]));
+        // Second: a key took 4 meanwhile; 3 is still an orphan and goes; 5
+        // is new and waits.
+        let referenced = HashSet::from([1, 2, 4]);
+        let (delete, wait) = sweep_step(&wait, [1, 2, 3, 4, 5].into_iter(), &referenced);
+        assert_eq!(delete, vec![3]);
+        assert_eq!(wait, HashSet::from([5]));
+        // Third: 5 was freed by a drain in between; nothing left.
+        let (delete, wait) = sweep_step(&wait, [1, 2, 4].into_iter(), &referenced);
+        assert!(delete.is_empty() && wait.is_empty());
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! What Hawk knows about processes from `/proc`: names and liveness.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 /// Process names by pid, read from `/proc/PID/comm` the first time a pid is
-/// seen (so they are known even after the process exits).
+/// seen (so they are known even after the process exits). A long-running
+/// caller forgets the processes that are gone ([`ProcessTable::forget`]), so
+/// the table does not grow with every pid ever seen and a reused pid gets
+/// its new name.
 #[derive(Default)]
 pub struct ProcessTable {
     names: HashMap<u32, Option<String>>,
@@ -24,6 +27,33 @@ impl ProcessTable {
     pub fn name(&self, pid: u32) -> Option<&str> {
         self.names.get(&pid).and_then(|n| n.as_deref())
     }
+
+    /// Forgets the processes `gone` says are gone; returns how many.
+    pub fn forget(&mut self, mut gone: impl FnMut(u32) -> bool) -> usize {
+        let before = self.names.len();
+        self.names.retain(|pid, _| !gone(*pid));
+        before - self.names.len()
+    }
+
+    /// Processes known.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// The pids of every process in `/proc` now (zombies included).
+pub fn live_pids() -> HashSet<u32> {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `/proc/PID/comm` without the newline.
@@ -96,6 +126,24 @@ mod tests {
         assert!(t.name(me).is_some_and(|n| !n.is_empty()));
         assert!(!exists(0));
         assert!(!is_alive(u32::MAX));
+        assert!(live_pids().contains(&me));
+    }
+
+    #[test]
+    fn forgets_the_processes_that_are_gone() {
+        let me = std::process::id();
+        let mut t = ProcessTable::default();
+        t.observe(me);
+        t.observe(u32::MAX);
+        assert_eq!(t.len(), 2);
+        let live = live_pids();
+        assert_eq!(t.forget(|pid| !live.contains(&pid)), 1);
+        assert_eq!(t.len(), 1);
+        assert!(t.name(me).is_some());
+        // Seen again (a reused pid): read afresh.
+        assert!(t.observe(u32::MAX));
+        assert_eq!(t.forget(|_| true), 2);
+        assert!(t.is_empty());
     }
 
     #[test]

@@ -131,7 +131,12 @@ impl ShimAttacher {
     /// Scans processes not seen before (a fallback without the exec
     /// tracepoint, and a safety net for lost exec events).
     pub fn scan_new_processes(&mut self, ebpf: &mut Ebpf) {
-        for pid in all_pids() {
+        let pids = all_pids();
+        // Processes that are gone leave the set (it would otherwise grow
+        // with every pid ever seen); a reused pid is a new process.
+        let live: HashSet<u32> = pids.iter().copied().collect();
+        self.scanned.retain(|pid| live.contains(pid));
+        for pid in pids {
             if !self.scanned.contains(&pid) {
                 self.scan_pid(ebpf, pid);
             }

@@ -11,7 +11,10 @@ use crate::symbolize::Symbolizer;
 #[derive(Default)]
 pub(crate) struct SeenStacks {
     seen: HashSet<(u32, i32)>,
+    /// Processes found gone when normalized, not yet forgotten.
     unmapped: HashSet<u32>,
+    /// Processes found gone when normalized, ever.
+    unmapped_count: usize,
 }
 
 impl SeenStacks {
@@ -24,8 +27,8 @@ impl SeenStacks {
     /// Normalizes `ips` (leaf first) of `pid`, remembering a process that is
     /// already gone.
     pub(crate) fn normalize(&mut self, symbolizer: &mut Symbolizer, pid: u32, ips: &[u64]) {
-        if !symbolizer.normalize(pid, ips) {
-            self.unmapped.insert(pid);
+        if !symbolizer.normalize(pid, ips) && self.unmapped.insert(pid) {
+            self.unmapped_count += 1;
         }
     }
 
@@ -49,9 +52,16 @@ impl SeenStacks {
         self.seen.retain(|(_, id)| !gone.contains(id));
     }
 
+    /// Forgets the processes `gone` says are gone (the daemon's periodic
+    /// cleanup): a reused pid is normalized afresh.
+    pub(crate) fn forget_processes(&mut self, mut gone: impl FnMut(u32) -> bool) {
+        self.seen.retain(|(pid, _)| !gone(*pid));
+        self.unmapped.retain(|pid| !gone(*pid));
+    }
+
     /// Processes that exited before their memory maps could be read.
     pub(crate) fn unmapped_processes(&self) -> usize {
-        self.unmapped.len()
+        self.unmapped_count
     }
 }
 
@@ -76,6 +86,20 @@ mod tests {
         let mut symbolizer = Symbolizer::new();
         s.normalize(&mut symbolizer, u32::MAX, &[0x1000]);
         s.normalize(&mut symbolizer, u32::MAX, &[0x2000]);
+        assert_eq!(s.unmapped_processes(), 1);
+    }
+
+    #[test]
+    fn gone_processes_are_forgotten_but_still_counted() {
+        let mut s = SeenStacks::default();
+        let mut symbolizer = Symbolizer::new();
+        assert!(s.is_new(u32::MAX, 1));
+        assert!(s.is_new(7, 1));
+        s.normalize(&mut symbolizer, u32::MAX, &[0x1000]);
+        s.forget_processes(|pid| pid == u32::MAX);
+        assert_eq!(s.seen.len(), 1);
+        assert!(!s.is_new(7, 1));
+        assert!(s.is_new(u32::MAX, 1), "a reused pid is new");
         assert_eq!(s.unmapped_processes(), 1);
     }
 }

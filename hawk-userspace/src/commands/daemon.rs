@@ -31,6 +31,7 @@ pub fn config(args: DaemonArgs) -> anyhow::Result<DaemonConfig> {
         },
         auth_token,
         max_concurrent: args.max_concurrent,
+        header_timeout: args.header_timeout,
         max_seconds: args.max_seconds as u64,
         attach: args.attach,
         out: args.out,

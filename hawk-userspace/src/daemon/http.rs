@@ -4,7 +4,11 @@
 //!   N seconds (default 30, at most `--max-seconds`), as Go's
 //!   `/debug/pprof/profile` does, for the whole node or the given pids
 //!   (repeatable or comma separated), in one format (default svg);
-//! - `GET /debug/prof/mem/ebpf/`: 501 until the daemon profiles memory;
+//! - `GET /debug/prof/mem/ebpf/?seconds=N&pid=P&format=F&min_age=D&view=V`:
+//!   traces the allocations of pid P (required: allocator probes slow the
+//!   processes they are on) for the next N seconds, or until P exits, and
+//!   returns the outstanding (default) or allocated bytes by stack (see
+//!   [`super::mem`]);
 //! - `GET /debug/prof/trace/<trace_id>?format=F`: the samples held of that
 //!   trace (default json), 404 when none are held;
 //! - `GET /healthz`, `GET /metrics` (Prometheus text).
@@ -12,15 +16,18 @@
 //! Bad parameters get 400 with a one-line reason; more than
 //! `--max-concurrent` profiles at once get 429, more than [`MAX_IN_FLIGHT`]
 //! requests of any kind 503, and a request that outlives its `seconds` by
-//! two minutes 504. With `--auth-token`, every
+//! two minutes 504. [`serve`] runs HTTP/1 connections with hyper itself, so
+//! that a client that does not send complete request headers within
+//! `--header-timeout` (a slow or idle client) loses its connection. With `--auth-token`, every
 //! endpoint but `/healthz` wants `Authorization: Bearer <token>`, compared
 //! in constant time; a non-loopback `--listen` without a token is refused at
 //! start. Each profile request is a server span (child of an incoming W3C
-//! `traceparent`) whose child is the profile's `hawk.profile.cpu` span; a
-//! window profile's file name and JSON carry that span's ids.
+//! `traceparent`) whose child is the profile's `hawk.profile.cpu` or
+//! `hawk.profile.mem` span; a window profile's file name and JSON carry that
+//! span's ids.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -30,13 +37,18 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use super::mem::{self, MemError, MemWindow};
 use super::metrics::{self, HttpCounters};
 use super::{DaemonConfig, Shared, kernel_delta};
 use crate::collector::procs;
+use crate::commands::record::ALLOC_SUFFIX;
 use crate::output;
-use crate::profile::{Profile, TraceId};
+use crate::profile::{MemView, Profile, TraceId};
 use crate::render::{self, Format};
 use crate::telemetry::{self, ProfileSpan};
 
@@ -69,6 +81,73 @@ pub fn check_listen(config: &DaemonConfig) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Serves `app` on `listener`, HTTP/1, until `stop` turns true; then each
+/// connection finishes the request it is serving (in-flight profiles end
+/// early on `stop` too) and closes, and `serve` returns once all have.
+///
+/// A connection must deliver each request's complete headers within
+/// `header_timeout` of starting to wait for them (from the accept, or from
+/// the end of the previous response), or hyper closes it: a client that
+/// trickles its headers, or opens connections and sends nothing, holds
+/// nothing for longer than that.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    // Each connection task holds a receiver; `closed()` resolves when all
+    // are gone.
+    let (open_tx, open_rx) = watch::channel(());
+    let stopping = stopped(stop.clone());
+    tokio::pin!(stopping);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait, do not spin.
+                    tracing::debug!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopping => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let stopping = stopped(stop.clone());
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stopping => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
+                }
+            };
+            if let Err(e) = result {
+                // A header timeout, a client gone mid-request: its business.
+                tracing::debug!("HTTP connection: {e}");
+            }
+            drop(open);
+        });
+    }
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
+/// Resolves when `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// The router of every endpoint.
@@ -236,25 +315,8 @@ pub fn parse_cpu_query(query: Option<&str>, max_seconds: u64) -> Result<CpuParam
     };
     for (name, value) in pairs(query) {
         match name {
-            "seconds" => {
-                params.seconds = value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|s| (1..=max_seconds).contains(s))
-                    .ok_or_else(|| {
-                        format!("invalid seconds {value:?}: expected 1 to {max_seconds}")
-                    })?
-            }
-            "pid" => {
-                for p in value.split(',') {
-                    let pid = p.parse::<u32>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                        format!("invalid pid {p:?}: expected a positive process id")
-                    })?;
-                    if !params.pids.contains(&pid) {
-                        params.pids.push(pid);
-                    }
-                }
-            }
+            "seconds" => params.seconds = parse_seconds(value, max_seconds)?,
+            "pid" => parse_pids(value, &mut params.pids)?,
             "format" => params.format = parse_format(value)?,
             other => {
                 return Err(format!(
@@ -263,6 +325,96 @@ pub fn parse_cpu_query(query: Option<&str>, max_seconds: u64) -> Result<CpuParam
             }
         }
     }
+    Ok(params)
+}
+
+fn parse_seconds(value: &str, max_seconds: u64) -> Result<u64, String> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|s| (1..=max_seconds).contains(s))
+        .ok_or_else(|| format!("invalid seconds {value:?}: expected 1 to {max_seconds}"))
+}
+
+/// Adds the pids of a `pid` value (`1` or `1,2`) to `pids`, each once.
+fn parse_pids(value: &str, pids: &mut Vec<u32>) -> Result<(), String> {
+    for p in value.split(',') {
+        let pid = p
+            .parse::<u32>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("invalid pid {p:?}: expected a positive process id"))?;
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+    Ok(())
+}
+
+/// Parameters of `/debug/prof/mem/ebpf/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemParams {
+    pub window: MemWindow,
+    pub format: Format,
+}
+
+/// Parses the query of a memory profile; the error is the one-line reason.
+pub fn parse_mem_query(query: Option<&str>, max_seconds: u64) -> Result<MemParams, String> {
+    let mut seconds = DEFAULT_SECONDS.min(max_seconds);
+    let mut params = MemParams {
+        window: MemWindow {
+            pids: Vec::new(),
+            duration: Duration::ZERO,
+            min_age: Duration::ZERO,
+            frames: hawk_common::MAX_STACK_DEPTH,
+            view: MemView::Outstanding,
+        },
+        format: Format::Svg,
+    };
+    let window = &mut params.window;
+    for (name, value) in pairs(query) {
+        match name {
+            "seconds" => seconds = parse_seconds(value, max_seconds)?,
+            "pid" => parse_pids(value, &mut window.pids)?,
+            "format" => params.format = parse_format(value)?,
+            "min_age" => {
+                window.min_age = crate::cli::parse_age(value).map_err(|_| {
+                    format!("invalid min_age {value:?}: expected a duration such as 0, 30s, 5m")
+                })?
+            }
+            "view" => {
+                window.view = match value {
+                    "outstanding" => MemView::Outstanding,
+                    "allocated" => MemView::Allocated,
+                    _ => {
+                        return Err(format!(
+                            "invalid view {value:?}: expected outstanding or allocated"
+                        ));
+                    }
+                }
+            }
+            "frames" => {
+                let max = hawk_common::MAX_STACK_DEPTH;
+                window.frames = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| format!("invalid frames {value:?}: expected 1 to {max}"))?
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter {other:?}: expected seconds, pid, format, min_age, view, frames"
+                ));
+            }
+        }
+    }
+    if window.pids.is_empty() {
+        return Err(
+            "pid is required: memory profiles trace the allocator of the processes named (pid=P), never the whole node"
+                .to_string(),
+        );
+    }
+    window.duration = Duration::from_secs(seconds);
     Ok(params)
 }
 
@@ -295,7 +447,17 @@ fn render_response(
     }
     match render::render(&profile, format) {
         Ok(bytes) => {
-            let name = output::file_name(&profile, format);
+            let mut name = output::file_name(&profile, format);
+            if profile
+                .metadata
+                .mem
+                .as_ref()
+                .is_some_and(|m| m.view == MemView::Allocated)
+            {
+                // As `record --mem` names the allocated view's files.
+                let stem_len = name.len() - format.extension().len() - 1;
+                name.insert_str(stem_len, ALLOC_SUFFIX);
+            }
             let mut response = (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, format.content_type())],
@@ -389,11 +551,89 @@ async fn cpu(
     response
 }
 
-async fn mem() -> Response {
-    text(
-        StatusCode::NOT_IMPLEMENTED,
-        "the daemon does not profile memory yet: use `hawk-ebpf record --mem`",
-    )
+/// Sets its flag when dropped: the handler's future is dropped when the
+/// client goes away, and the window it started should end then too.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Counts a memory window as active while it lives.
+struct Active(Arc<App>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .mem_windows_active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn mem(
+    State(app): State<Arc<App>>,
+    span: Option<axum::Extension<RequestSpan>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let params = match parse_mem_query(query.as_deref(), app.shared.config.max_seconds) {
+        Ok(p) => p,
+        Err(e) => return bad_request(&app, e),
+    };
+    if let Some(pid) = params.window.pids.iter().find(|p| !procs::exists(**p)) {
+        return bad_request(&app, format!("no such process: {pid}"));
+    }
+    if params.window.pids.contains(&std::process::id()) {
+        return bad_request(
+            &app,
+            "pid is the daemon itself: its allocations are not traced",
+        );
+    }
+    let Ok(permit) = app.permits.clone().try_acquire_owned() else {
+        return busy(&app);
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
+    let stop = app.stop.clone();
+    let window = params.window;
+    let app2 = app.clone();
+    let traced = tokio::task::spawn_blocking(move || {
+        // Held until the probes are gone, even if the client left: the bound
+        // is on windows running, not on requests waiting.
+        let _permit = permit;
+        let mut active = None;
+        mem::run(
+            &window,
+            || {
+                app2.counters
+                    .mem_windows_active
+                    .fetch_add(1, Ordering::Relaxed);
+                active = Some(Active(app2.clone()));
+            },
+            || cancel.load(Ordering::Relaxed) || *stop.borrow(),
+        )
+    })
+    .await;
+    let profile = match traced {
+        Ok(Ok(profile)) => profile,
+        Ok(Err(MemError::Target(e))) => return bad_request(&app, e),
+        Ok(Err(MemError::Collector(e))) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("tracing allocations failed: {e}"),
+            );
+        }
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")),
+    };
+    let parent = span.map(|s| s.0.0.clone()).unwrap_or_default();
+    let response =
+        tokio::task::spawn_blocking(move || render_response(profile, params.format, None, &parent))
+            .await
+            .unwrap_or_else(|e| text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")));
+    app.counters.profiles_served.fetch_add(1, Ordering::Relaxed);
+    response
 }
 
 async fn trace(
@@ -481,7 +721,7 @@ async fn not_found(request: Request) -> Response {
     text(
         StatusCode::NOT_FOUND,
         format!(
-            "no such endpoint {}: try /debug/prof/cpu/ebpf/, /debug/prof/trace/<trace_id>, /healthz, /metrics",
+            "no such endpoint {}: try /debug/prof/cpu/ebpf/, /debug/prof/mem/ebpf/?pid=P, /debug/prof/trace/<trace_id>, /healthz, /metrics",
             request.uri().path()
         ),
     )
@@ -527,6 +767,57 @@ mod tests {
             Format::Folded
         );
         assert!(parse_trace_query(Some("seconds=1")).is_err());
+    }
+
+    #[test]
+    fn mem_query() {
+        let p = parse_mem_query(Some("pid=7"), 300).unwrap();
+        assert_eq!(
+            p,
+            MemParams {
+                window: MemWindow {
+                    pids: vec![7],
+                    duration: Duration::from_secs(30),
+                    min_age: Duration::ZERO,
+                    frames: hawk_common::MAX_STACK_DEPTH,
+                    view: MemView::Outstanding,
+                },
+                format: Format::Svg,
+            }
+        );
+        let p = parse_mem_query(
+            Some("seconds=5&pid=1,2&format=json&min_age=30s&view=allocated&frames=8"),
+            300,
+        )
+        .unwrap();
+        assert_eq!(p.window.pids, vec![1, 2]);
+        assert_eq!(p.window.duration, Duration::from_secs(5));
+        assert_eq!(p.window.min_age, Duration::from_secs(30));
+        assert_eq!((p.window.frames, p.window.view), (8, MemView::Allocated));
+        assert_eq!(p.format, Format::Json);
+        assert_eq!(
+            parse_mem_query(Some("pid=1&min_age=0"), 300)
+                .unwrap()
+                .window
+                .min_age,
+            Duration::ZERO
+        );
+        for (q, needle) in [
+            ("", "pid is required"),
+            ("seconds=5&format=json", "pid is required"),
+            ("pid=1&seconds=301", "1 to 300"),
+            ("pid=x", "invalid pid"),
+            ("pid=1&view=live", "invalid view"),
+            ("pid=1&min_age=soon", "invalid min_age"),
+            ("pid=1&frames=0", "invalid frames"),
+            ("pid=1&frames=128", "invalid frames"),
+            ("pid=1&format=png", "unknown format"),
+            ("pid=1&freq=99", "unknown parameter"),
+        ] {
+            let err = parse_mem_query(Some(q), 300).unwrap_err();
+            assert!(err.contains(needle), "{q}: {err}");
+            assert!(!err.contains('\n'));
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct HttpCounters {
     pub rejected_busy: AtomicU64,
     pub bad_requests: AtomicU64,
     pub unauthorized: AtomicU64,
+    /// Memory windows tracing now (probes attached).
+    pub mem_windows_active: AtomicU64,
 }
 
 /// Appends one metric with its help and type lines.
@@ -34,7 +36,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
 /// The Prometheus text of the daemon's state.
 pub fn render(shared: &Shared, http: &HttpCounters) -> String {
     let stats = lock(&shared.stats).clone();
-    let (sym, locations) = (stats.symbolizer, stats.symbolizer_locations);
+    let (sym, caches) = (stats.symbolizer, stats.symbolizer_caches);
     let (store_stats, traces, bytes, records) = {
         let store = lock(&shared.store);
         (
@@ -149,6 +151,13 @@ pub fn render(shared: &Shared, http: &HttpCounters) -> String {
     );
     metric(
         &mut out,
+        "hawk_stacks_swept_total",
+        counter,
+        "Orphan stack ids (of samples dropped while the counts map was full) deleted by sweeps.",
+        &[("", n(stats.drain.stacks_swept))],
+    );
+    metric(
+        &mut out,
         "hawk_drains_total",
         counter,
         "Drains of the kernel aggregation.",
@@ -179,15 +188,46 @@ pub fn render(shared: &Shared, http: &HttpCounters) -> String {
         &mut out,
         "hawk_symbolizer_modules",
         gauge,
-        "ELF files opened by the symbolizer.",
-        &[("", n(sym.modules))],
+        "ELF files the symbolizer holds open (modules of processes that live or have samples held).",
+        &[("", caches.modules as f64)],
+    );
+    metric(
+        &mut out,
+        "hawk_symbolizer_modules_dropped_total",
+        counter,
+        "Modules dropped because no remaining process maps them.",
+        &[("", n(sym.modules_dropped))],
     );
     metric(
         &mut out,
         "hawk_symbolizer_locations",
         gauge,
         "Normalized (pid, address) pairs held.",
-        &[("", locations as f64)],
+        &[("", caches.locations as f64)],
+    );
+    metric(
+        &mut out,
+        "hawk_symbolizer_names",
+        gauge,
+        "Function names cached, by kind of address.",
+        &[
+            ("kind=\"user\"", caches.user_names as f64),
+            ("kind=\"kernel\"", caches.kernel_names as f64),
+        ],
+    );
+    metric(
+        &mut out,
+        "hawk_processes_known",
+        gauge,
+        "Processes in the process table (alive, or with samples held).",
+        &[("", stats.processes_known as f64)],
+    );
+    metric(
+        &mut out,
+        "hawk_processes_forgotten_total",
+        counter,
+        "Processes forgotten after they exited and their samples left the store.",
+        &[("", n(stats.processes_forgotten))],
     );
     metric(
         &mut out,
@@ -267,6 +307,13 @@ pub fn render(shared: &Shared, http: &HttpCounters) -> String {
             ("outcome=\"bad_request\"", get(&http.bad_requests)),
             ("outcome=\"unauthorized\"", get(&http.unauthorized)),
         ],
+    );
+    metric(
+        &mut out,
+        "hawk_mem_windows_active",
+        gauge,
+        "Memory profile windows tracing allocations now (probes attached).",
+        &[("", get(&http.mem_windows_active))],
     );
     out
 }

@@ -7,8 +7,14 @@
 //!   ([`CpuSampler::drain`]) into the [`store::Store`]: a rolling window
 //!   bounded in time and memory, plus the samples of each trace id seen.
 //!   User addresses are normalized while their processes live; names are
-//!   looked up only when a profile is asked for.
-//! - [`http`] serves the profiles, health and metrics (axum).
+//!   looked up only when a profile is asked for. Once a minute, right after
+//!   a drain, what is known of processes that exited and have no samples
+//!   left (in the store or the kernel map) is forgotten: the process table,
+//!   the symbolizer's mappings, modules and names, the sampler's and the
+//!   shim scanner's per-pid sets. So a node with many short-lived processes
+//!   does not grow the daemon.
+//! - [`http`] serves the profiles, health and metrics (axum); memory
+//!   profiles are traced per request, for the pids named ([`mem`]).
 //! - With `--out`, every trace that has been quiet for `--trace-grace` is
 //!   written as files (the seed's names), all or only those longer than
 //!   `--min-trace-duration`.
@@ -17,6 +23,7 @@
 //!   and return.
 
 pub mod http;
+pub mod mem;
 pub mod metrics;
 pub mod store;
 
@@ -37,7 +44,7 @@ use crate::correlate::build_profile;
 use crate::output;
 use crate::profile::{Metadata, Profile, ProfileKind, SpanId, TraceId, TraceIds};
 use crate::render::Format;
-use crate::symbolize::{Symbolizer, SymbolizerStats};
+use crate::symbolize::{CacheSizes, Symbolizer, SymbolizerStats};
 use store::{Store, StoreConfig};
 
 /// How often the kernel aggregation is drained into the store.
@@ -46,7 +53,8 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(200);
 /// How often every process is rescanned for the shim (lost exec events).
 const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
-/// How often the symbolizer forgets processes that exited and left the store.
+/// How often what is known of processes that exited and left the store is
+/// forgotten.
 const FORGET_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Everything the daemon is configured with.
@@ -59,6 +67,8 @@ pub struct DaemonConfig {
     pub auth_token: Option<String>,
     /// Profile requests served at once; more get 429.
     pub max_concurrent: usize,
+    /// How long a connection may take to send a request's headers.
+    pub header_timeout: Duration,
     /// Longest `seconds` of a profile request.
     pub max_seconds: u64,
     /// Binaries to attach the trace-context uprobe to even before they run.
@@ -85,7 +95,12 @@ pub struct CollectorStats {
     pub traces_written: u64,
     pub trace_write_errors: u64,
     pub symbolizer: SymbolizerStats,
-    pub symbolizer_locations: usize,
+    /// What the symbolizer's caches hold.
+    pub symbolizer_caches: CacheSizes,
+    /// Processes in the process table.
+    pub processes_known: usize,
+    /// Processes forgotten by the periodic cleanup.
+    pub processes_forgotten: u64,
 }
 
 /// A job run on the collector thread, which owns the symbolizer (blazesym's
@@ -278,6 +293,11 @@ impl Collector {
         if self.last_drain.elapsed() >= DRAIN_INTERVAL {
             self.drain();
             self.write_finished(false);
+            // Right after a drain: whatever a process left is in the store.
+            if self.last_forget.elapsed() >= FORGET_INTERVAL {
+                self.forget_gone_processes();
+                self.last_forget = Instant::now();
+            }
         } else if let Err(e) = self
             .sampler
             .poll(&mut self.procs, &mut self.symbolizer, |_| true)
@@ -285,10 +305,6 @@ impl Collector {
             // Between drains: normalize new stacks while short-lived
             // processes still live.
             tracing::debug!("polling the CPU samples: {e}");
-        }
-        if self.last_forget.elapsed() >= FORGET_INTERVAL {
-            self.forget_gone_processes();
-            self.last_forget = Instant::now();
         }
     }
 
@@ -325,15 +341,23 @@ impl Collector {
     fn publish_symbolizer_stats(&self) {
         let mut stats = lock(&self.shared.stats);
         stats.symbolizer = self.symbolizer.stats();
-        stats.symbolizer_locations = self.symbolizer.locations_held();
+        stats.symbolizer_caches = self.symbolizer.sizes();
+        stats.processes_known = self.procs.len();
     }
 
-    /// Addresses of processes that exited and have no samples left are of
-    /// no use any more.
+    /// Forgets what is known of the processes that exited and whose samples
+    /// are no longer held (in the store, or in the kernel map as of the last
+    /// drain).
     fn forget_gone_processes(&mut self) {
-        let held = lock(&self.shared.store).pids();
-        self.symbolizer
-            .forget_processes(|pid| !held.contains(&pid) && !procs::is_alive(pid));
+        let mut held = lock(&self.shared.store).pids();
+        held.extend(self.sampler.pending_pids());
+        let live = procs::live_pids();
+        let gone = |pid: u32| !held.contains(&pid) && !live.contains(&pid);
+        let forgotten = self.procs.forget(gone);
+        self.symbolizer.forget_processes(gone);
+        self.sampler.forget_processes(gone);
+        lock(&self.shared.stats).processes_forgotten += forgotten as u64;
+        self.publish_symbolizer_stats();
     }
 
     /// Writes the traces that finished (quiet for the grace) to `--out`.
@@ -438,14 +462,12 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         config.store.retention.as_secs_f64(),
         attached
     );
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let server = tokio::spawn(http::serve(
+        listener,
+        app,
+        config.header_timeout,
+        stop_rx.clone(),
+    ));
     tokio::select! {
         _ = sigint.recv() => {}
         _ = sigterm.recv() => {}
@@ -453,9 +475,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     eprintln!("hawk-ebpf: stopping");
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(15), server).await {
-        Ok(Ok(Err(e))) => tracing::warn!("HTTP server: {e}"),
         Ok(Err(e)) => tracing::warn!("HTTP server task: {e}"),
-        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(())) => {}
         Err(_) => tracing::warn!("HTTP requests still running after 15 s; stopping anyway"),
     }
     // Dropping the last sender ends the collector loop: it drains once more

@@ -12,6 +12,11 @@
 //!
 //! Kernel addresses are named from kallsyms and cached by address. A frame
 //! that has no symbol keeps its place as `module+0xoffset`.
+//!
+//! A long-running caller (the daemon) trims the caches with
+//! [`Symbolizer::forget_processes`]: the mappings of processes that are gone,
+//! then the modules no remaining process maps, with their open files and
+//! names, and blazesym's own per-file caches.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -26,7 +31,8 @@ use blazesym::{MaybeDefault, Pid};
 
 use crate::profile::{Frame, FrameKind};
 
-type ModuleId = u32;
+/// Never reused, so a name cached for a dropped module cannot stick to a new one.
+type ModuleId = u64;
 
 /// Where a user address was mapped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,13 +60,29 @@ pub struct SymbolizerStats {
     pub cache_hits: u64,
     /// Modules (ELF files) opened.
     pub modules: u64,
+    /// Modules dropped because no remaining process maps them.
+    pub modules_dropped: u64,
+}
+
+/// What the caches hold now, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheSizes {
+    /// Normalized (pid, address) pairs.
+    pub locations: usize,
+    /// Modules held (each with its file open).
+    pub modules: usize,
+    /// Names cached for (module, offset) pairs.
+    pub user_names: usize,
+    /// Names cached for kernel addresses.
+    pub kernel_names: usize,
 }
 
 /// Turns stack addresses into [`Frame`]s, caching every step.
 pub struct Symbolizer {
     normalizer: Normalizer,
     blaze: BlazeSymbolizer,
-    modules: Vec<Module>,
+    modules: HashMap<ModuleId, Module>,
+    next_module: ModuleId,
     module_ids: HashMap<(PathBuf, Option<Vec<u8>>), ModuleId>,
     locations: HashMap<(u32, u64), Location>,
     user_names: HashMap<(ModuleId, u64), Arc<str>>,
@@ -77,15 +99,10 @@ impl Default for Symbolizer {
 impl Symbolizer {
     pub fn new() -> Self {
         Self {
-            normalizer: Normalizer::builder()
-                .enable_vma_caching(false)
-                .enable_build_id_caching(true)
-                .build(),
-            blaze: BlazeSymbolizer::builder()
-                .enable_code_info(false)
-                .enable_inlined_fns(false)
-                .build(),
-            modules: Vec::new(),
+            normalizer: new_normalizer(),
+            blaze: new_blaze(),
+            modules: HashMap::new(),
+            next_module: 0,
             module_ids: HashMap::new(),
             locations: HashMap::new(),
             user_names: HashMap::new(),
@@ -133,6 +150,7 @@ impl Symbolizer {
             meta_modules.push(match meta {
                 UserMeta::Elf(elf) => Some(Self::module_id(
                     &mut self.modules,
+                    &mut self.next_module,
                     &mut self.module_ids,
                     &mut self.stats,
                     pid,
@@ -156,7 +174,8 @@ impl Symbolizer {
     }
 
     fn module_id(
-        modules: &mut Vec<Module>,
+        modules: &mut HashMap<ModuleId, Module>,
+        next_module: &mut ModuleId,
         module_ids: &mut HashMap<(PathBuf, Option<Vec<u8>>), ModuleId>,
         stats: &mut SymbolizerStats,
         pid: u32,
@@ -173,11 +192,15 @@ impl Symbolizer {
             .join("root")
             .join(path.strip_prefix("/").unwrap_or(path));
         let file = File::open(&in_root).or_else(|_| File::open(path)).ok();
-        let id = modules.len() as ModuleId;
-        modules.push(Module {
-            path: path.to_path_buf(),
-            file,
-        });
+        let id = *next_module;
+        *next_module += 1;
+        modules.insert(
+            id,
+            Module {
+                path: path.to_path_buf(),
+                file,
+            },
+        );
         module_ids.insert(key, id);
         stats.modules += 1;
         id
@@ -211,12 +234,18 @@ impl Symbolizer {
         lookup
             .iter()
             .map(|addr| {
-                let name = match self.locations.get(&(pid, *addr)) {
+                let cached = match self.locations.get(&(pid, *addr)) {
                     Some(Location::File { module, offset }) => {
-                        self.stats.cache_hits += 1;
-                        self.user_names[&(*module, *offset)].to_string()
+                        self.user_names.get(&(*module, *offset))
                     }
-                    _ => format!("[unknown]+{addr:#x}"),
+                    _ => None,
+                };
+                let name = match cached {
+                    Some(name) => {
+                        self.stats.cache_hits += 1;
+                        name.to_string()
+                    }
+                    None => format!("[unknown]+{addr:#x}"),
                 };
                 Frame::new(name, FrameKind::User)
             })
@@ -224,7 +253,9 @@ impl Symbolizer {
     }
 
     fn symbolize_module(&mut self, module: ModuleId, offsets: &[u64]) {
-        let m = &self.modules[module as usize];
+        let Some(m) = self.modules.get(&module) else {
+            return;
+        };
         let file_name = m
             .path
             .file_name()
@@ -281,26 +312,62 @@ impl Symbolizer {
             .collect()
     }
 
-    /// Forgets the address → module mapping of a process that exited (the
-    /// names stay cached per module).
-    pub fn forget_process(&mut self, pid: u32) {
-        self.locations.retain(|(p, _), _| *p != pid);
-    }
-
-    /// Forgets the address → module mappings of every process `gone` says
-    /// is gone (the daemon's periodic cleanup).
-    pub fn forget_processes(&mut self, mut gone: impl FnMut(u32) -> bool) {
+    /// Forgets every process `gone` says is gone (the daemon's periodic
+    /// cleanup): its address → module mappings, then each module that no
+    /// remaining process maps, with its open file and cached names. When a
+    /// module goes, blazesym's normalizer and symbolizer start afresh too:
+    /// they cache every file they ever opened (open, parsed) and have no
+    /// way to drop one. Returns the number of modules dropped.
+    pub fn forget_processes(&mut self, mut gone: impl FnMut(u32) -> bool) -> usize {
         let pids: HashSet<u32> = self.locations.keys().map(|(p, _)| *p).collect();
         let gone: HashSet<u32> = pids.into_iter().filter(|p| gone(*p)).collect();
         if !gone.is_empty() {
             self.locations.retain(|(p, _), _| !gone.contains(p));
         }
+        let used: HashSet<ModuleId> = self
+            .locations
+            .values()
+            .filter_map(|l| match l {
+                Location::File { module, .. } => Some(*module),
+                Location::Unknown => None,
+            })
+            .collect();
+        let before = self.modules.len();
+        self.modules.retain(|id, _| used.contains(id));
+        let dropped = before - self.modules.len();
+        if dropped > 0 {
+            self.module_ids.retain(|_, id| used.contains(id));
+            self.user_names.retain(|(m, _), _| used.contains(m));
+            self.normalizer = new_normalizer();
+            self.blaze = new_blaze();
+            self.stats.modules_dropped += dropped as u64;
+        }
+        dropped
     }
 
-    /// (pid, address) mappings held, for `/metrics`.
-    pub fn locations_held(&self) -> usize {
-        self.locations.len()
+    /// What the caches hold now.
+    pub fn sizes(&self) -> CacheSizes {
+        CacheSizes {
+            locations: self.locations.len(),
+            modules: self.modules.len(),
+            user_names: self.user_names.len(),
+            kernel_names: self.kernel_names.len(),
+        }
     }
+}
+
+fn new_normalizer() -> Normalizer {
+    Normalizer::builder()
+        .enable_vma_caching(false)
+        .enable_build_id_caching(true)
+        .build()
+}
+
+fn new_blaze() -> BlazeSymbolizer {
+    BlazeSymbolizer::builder()
+        .enable_code_info(false)
+        .enable_inlined_fns(false)
+        .build()
 }
 
 /// The addresses to look up for a stack recorded leaf first: every frame but
@@ -357,6 +424,63 @@ mod tests {
         for a in lookup_addrs(&stack) {
             assert!(s.locations.contains_key(&(pid, a)), "{a:#x} not recorded");
         }
+    }
+
+    #[test]
+    fn gone_processes_are_forgotten_with_the_modules_only_they_map() {
+        let addr = marker_function_for_symbolizer_test as *const () as u64;
+        let mut s = Symbolizer::new();
+        let me = std::process::id();
+        assert!(s.normalize(me, &[addr]));
+        let Some(&Location::File { module, offset }) = s.locations.get(&(me, addr)) else {
+            panic!("this test's own function is in a file");
+        };
+        s.user_frames(me, &[addr]);
+        // Another process mapping the same module (as two processes of one
+        // binary do), and one whose address was in anonymous memory.
+        let other = u32::MAX - 1;
+        s.locations
+            .insert((other, addr), Location::File { module, offset });
+        s.locations.insert((u32::MAX, 0x10), Location::Unknown);
+        let held = s.sizes();
+        assert_eq!((held.locations, held.modules), (3, 1));
+        assert_eq!(held.user_names, 1);
+
+        // This process is gone: its mappings go, the module stays for the other.
+        assert_eq!(s.forget_processes(|pid| pid == me || pid == u32::MAX), 0);
+        assert_eq!(s.sizes().locations, 1);
+        assert_eq!((s.sizes().modules, s.sizes().user_names), (1, 1));
+        let frames = s.user_frames(other, &[addr]);
+        assert!(
+            frames[0]
+                .name
+                .contains("marker_function_for_symbolizer_test")
+        );
+
+        // The last process mapping it is gone: the module, its file and its
+        // names go; nothing else is touched.
+        assert_eq!(s.forget_processes(|pid| pid == other), 1);
+        assert_eq!(
+            s.sizes(),
+            CacheSizes {
+                kernel_names: s.kernel_names.len(),
+                ..CacheSizes::default()
+            }
+        );
+        assert!(s.module_ids.is_empty());
+        assert_eq!(s.stats().modules_dropped, 1);
+
+        // A live process is symbolized as before (the module is opened anew,
+        // under a new id).
+        assert!(s.normalize(me, &[addr]));
+        let frames = s.user_frames(me, &[addr]);
+        assert!(
+            frames[0]
+                .name
+                .contains("marker_function_for_symbolizer_test")
+        );
+        assert_eq!(s.stats().modules, 2);
+        assert_ne!(s.module_ids.values().next(), Some(&module));
     }
 
     #[test]
