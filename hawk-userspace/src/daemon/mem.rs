@@ -3,8 +3,9 @@
 //! Unlike CPU samples, allocations are not collected all the time: uprobes
 //! on the C library slow every process they are attached to, so a window
 //! traces only the processes it names, only while it lasts. Each window has
-//! a [`MemTracer`] of its own (its own BPF object, probes on the C library
-//! each target maps, for those processes only) and runs on a blocking
+//! a [`MemTracer`] of its own (its own BPF object; probes on the C library
+//! each target maps, or on the shim's sampled allocator when it links it,
+//! for those processes only) and runs on a blocking
 //! thread with its own symbolizer and process table, polling as
 //! `record --mem` does. It ends when its time is up, when every target has
 //! exited (the profile is still built: stacks were normalized while the
@@ -19,7 +20,7 @@ use crate::collector::CollectorError;
 use crate::collector::mem::{MemConfig, MemTracer, monotonic_ns};
 use crate::collector::procs::{self, ProcessTable};
 use crate::correlate::mem::{MemProfiles, MemSettings, build_mem_profiles};
-use crate::profile::{MemSource, MemView, Metadata, Profile, ProfileKind};
+use crate::profile::{MemView, Metadata, Profile, ProfileKind};
 use crate::symbolize::Symbolizer;
 
 /// How often a window polls the tracer (new processes and stacks, while
@@ -73,9 +74,8 @@ pub fn run(
     attached: impl FnOnce(),
     cancelled: impl Fn() -> bool,
 ) -> Result<Profile, MemError> {
-    // Struct update: the collector's configuration grows fields that keep
-    // their defaults here.
-    #[allow(clippy::needless_update)]
+    // The source is chosen per process (the sampled allocator when the
+    // program links it); children are followed as in `record --mem`.
     let config = MemConfig {
         pids: window.pids.clone(),
         ..Default::default()
@@ -89,8 +89,9 @@ pub fn run(
     attached();
     let deadline = Instant::now() + window.duration;
     loop {
+        tracer.follow_children();
         tracer
-            .poll(&mut procs, &mut symbolizer)
+            .poll(&mut procs, &mut symbolizer, |_| true)
             .map_err(MemError::Collector)?;
         let now = Instant::now();
         if now >= deadline || cancelled() || !window.pids.iter().any(|pid| procs::is_alive(*pid)) {
@@ -103,7 +104,7 @@ pub fn run(
     tracer.stop();
     // One last look, for what appeared since the last poll.
     tracer
-        .poll(&mut procs, &mut symbolizer)
+        .poll(&mut procs, &mut symbolizer, |_| true)
         .map_err(MemError::Collector)?;
     let records = tracer
         .read(window.min_age, end_ns, window.frames)
@@ -113,7 +114,7 @@ pub fn run(
     metadata.target_pids = window.pids.clone();
     metadata.stats.unmapped_processes = tracer.unmapped_processes() as u64;
     let settings = MemSettings {
-        source: MemSource::Libc,
+        source: tracer.source(),
         max_frames: window.frames,
         min_age: window.min_age,
     };
