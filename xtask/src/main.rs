@@ -46,6 +46,9 @@ enum Task {
     Bench {
         #[arg(long)]
         quick: bool,
+        /// Run only these sections of BENCHMARKS.md (comma list, e.g. `2,6`).
+        #[arg(long, value_name = "LIST", value_delimiter = ',')]
+        only: Vec<u8>,
     },
     /// Install what is missing: nightly toolchain + rust-src, bpf-linker
     /// (with Debian's llvm-<major>-dev), tracefs. Fast when all is there.
@@ -110,7 +113,7 @@ fn main() -> ExitCode {
         println!("note: ignoring AYA_BUILD_SKIP: this task needs the real BPF object");
     }
     let result = match cli.task {
-        Task::Bench { quick } => bench::bench(quick),
+        Task::Bench { quick, only } => bench::bench(quick, &only),
         Task::Setup => setup::setup(),
         Task::Build { release } => build(release),
         Task::Run { debug, args } => run(!debug, &args),

@@ -3,19 +3,32 @@
 //!
 //! Every number is a ratio within one run of this task: the machine is a
 //! noisy 2-core VM, so configurations are interleaved round by round and
-//! the median and the spread (min–max) are reported.
+//! the median and the spread (min–max) are reported. The section numbers
+//! are those of BENCHMARKS.md.
 //!
 //! 1. Overhead on a fixed CPU-bound workload (`fixed_work`): wall and CPU
 //!    time with no profiler, `hawk-ebpf record` system-wide at 19, 99 and
 //!    999 Hz, and `perf record -g -a` at the same rates.
 //! 2. BPF cost per sample: `kernel.bpf_stats_enabled`, then run_time_ns /
-//!    run_cnt of Hawk's perf_event program read from its fdinfo.
+//!    run_cnt of Hawk's perf_event program read from its fdinfo, with every
+//!    CPU busy and with one; beside it (full run, when bpftrace is
+//!    installed) the floor of this machine: an empty perf_event program and
+//!    one that only counts, at the same rates and load.
 //! 3. End to end: time from the end of a window to the files written, Hawk
 //!    vs `perf record -g` + `perf script` + inferno, and the CPU each used.
-//! 4. Peak RSS of `hawk-ebpf record` system-wide.
-//! 5. Symbolization throughput (criterion: `cargo bench -p hawk-userspace`)
-//!    and the shim's marker cost (`cargo bench -p hawk-common --features
-//!    shim`) are criterion benches; `--quick` skips them.
+//! 4. Peak RSS of `hawk-ebpf record` system-wide; the daemon's RSS over a
+//!    long run at 19 Hz ([`daemon`]).
+//! 5. Symbolization throughput (criterion: `cargo bench -p hawk-userspace`);
+//!    `--quick` skips it.
+//! 6. Memory profiling: a malloc+free loop with no profiler, under
+//!    `hawk-ebpf record --mem` and under `memleak-bpfcc` ([`gated`]).
+//! 7. The shim's marker with and without Hawk's uprobe on it ([`gated`]),
+//!    and its criterion bench (`cargo bench -p hawk-common --features
+//!    shim`, skipped by `--quick`).
+
+mod daemon;
+mod gated;
+mod proc;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+use self::proc::{Says, bpf_prog_stats, interrupt, spawn_ready};
 use crate::cmd;
 
 /// One profiler configuration of the overhead benchmark.
@@ -40,6 +54,32 @@ impl Profiler {
             Profiler::None => "no profiler".into(),
             Profiler::Hawk(hz) => format!("hawk-ebpf record {hz} Hz"),
             Profiler::Perf(hz) => format!("perf record -g {hz} Hz"),
+        }
+    }
+}
+
+/// A system-wide perf_event BPF program of the BPF cost benchmark.
+#[derive(Clone, Debug)]
+enum Sampler {
+    Hawk(u64),
+    /// `bpftrace -e 'profile:hz:N { $x = 1; }'`: the floor of any program.
+    BpftraceEmpty(u64),
+    /// `bpftrace -e 'profile:hz:N { @n = count(); }'`: one map update.
+    BpftraceCount(u64),
+}
+
+impl Sampler {
+    fn hz(&self) -> u64 {
+        match self {
+            Sampler::Hawk(hz) | Sampler::BpftraceEmpty(hz) | Sampler::BpftraceCount(hz) => *hz,
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Sampler::Hawk(_) => "hawk_cpu_sample",
+            Sampler::BpftraceEmpty(_) => "bpftrace, empty program",
+            Sampler::BpftraceCount(_) => "bpftrace, @n = count()",
         }
     }
 }
@@ -79,11 +119,6 @@ fn wait_usage(child: &mut Child, started: Instant) -> Result<(i32, Usage)> {
     ))
 }
 
-fn interrupt(child: &Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-}
-
 /// Median and (min, max) of `xs`.
 fn stats(xs: &[f64]) -> (f64, f64, f64) {
     let mut v = xs.to_vec();
@@ -103,15 +138,23 @@ fn stats(xs: &[f64]) -> (f64, f64, f64) {
 }
 
 struct Bench {
+    /// `target/release`, absolute.
+    target: PathBuf,
     hawk: PathBuf,
     fixed_work: PathBuf,
     scratch: PathBuf,
     quick: bool,
     perf: bool,
+    bpftrace: bool,
+    /// Kernel source for bcc (`BCC_KERNEL_SOURCE`), when it must be set.
+    memleak_source: Option<PathBuf>,
+    /// Why `memleak-bpfcc` cannot run here, if it cannot.
+    memleak_blocker: Option<String>,
 }
 
 /// Runs every benchmark and prints the tables.
-pub fn bench(quick: bool) -> Result<()> {
+pub fn bench(quick: bool, only: &[u8]) -> Result<()> {
+    let run = |section: u8| only.is_empty() || only.contains(&section);
     crate::setup::setup()?;
     cmd::run(Command::new("cargo").args([
         "build",
@@ -121,7 +164,7 @@ pub fn bench(quick: bool) -> Result<()> {
         "hawk-ebpf",
         "--bins",
     ]))?;
-    let target = PathBuf::from("target/release");
+    let target = fs::canonicalize("target/release")?;
     let perf = cmd::probe(Command::new("perf").arg("--version")).is_some();
     if !perf {
         println!("perf not found (Debian package linux-perf): perf comparisons are skipped");
@@ -129,21 +172,50 @@ pub fn bench(quick: bool) -> Result<()> {
         // The perf pipeline we compare with: perf script | inferno.
         cmd::run(Command::new("cargo").args(["install", "inferno", "--locked"]))?;
     }
+    let bpftrace = cmd::probe(Command::new("bpftrace").arg("--version")).is_some();
     let scratch = std::env::temp_dir().join(format!("hawk-bench-{}", std::process::id()));
     fs::create_dir_all(&scratch)?;
+    let (memleak_source, memleak_blocker) = match run(6) {
+        true => match gated::memleak_kernel_source(&scratch) {
+            Ok(source) => (source, None),
+            Err(why) => (None, Some(why)),
+        },
+        false => (None, None),
+    };
     let b = Bench {
-        hawk: fs::canonicalize(target.join("hawk-ebpf"))?,
-        fixed_work: fs::canonicalize(target.join("fixed_work"))?,
+        hawk: target.join("hawk-ebpf"),
+        fixed_work: target.join("fixed_work"),
+        target,
         scratch,
         quick,
         perf,
+        bpftrace,
+        memleak_source,
+        memleak_blocker,
     };
     let result = (|| {
-        b.overhead()?;
-        b.bpf_cost()?;
-        b.end_to_end()?;
-        if !quick {
+        if run(1) {
+            b.overhead()?;
+        }
+        if run(2) {
+            b.bpf_cost()?;
+        }
+        if run(3) || run(4) {
+            b.end_to_end()?;
+        }
+        if run(4) {
+            b.daemon_memory()?;
+        }
+        if run(6) {
+            b.mem_profiling()?;
+        }
+        if run(7) {
+            b.shim_marker()?;
+        }
+        if !quick && run(5) {
             cmd::run(Command::new("cargo").args(["bench", "-p", "hawk-userspace"]))?;
+        }
+        if !quick && run(7) {
             cmd::run(Command::new("cargo").args([
                 "bench",
                 "-p",
@@ -160,33 +232,40 @@ pub fn bench(quick: bool) -> Result<()> {
 
 impl Bench {
     /// Starts a system-wide profiler and returns once it samples.
-    fn start_profiler(&self, p: &Profiler, out: &Path) -> Result<Option<(Child, Instant)>> {
-        let mut command = match p {
-            Profiler::None => return Ok(None),
+    fn start_profiler(&self, p: &Profiler, out: &Path) -> Result<Option<Child>> {
+        match p {
+            Profiler::None => Ok(None),
             Profiler::Hawk(hz) => {
-                let mut c = Command::new(&self.hawk);
-                c.args(["record", "--duration", "1h", "--freq", &hz.to_string()])
-                    .args(["--format", "folded", "--out"])
-                    .arg(out);
-                c
+                // It says "sampling …" once its programs are attached; its
+                // first polls (reading /proc, symbolizing what is running)
+                // are over a second later, before the workload starts.
+                let ready = spawn_ready(
+                    Command::new(&self.hawk)
+                        .args(["record", "--duration", "1h", "--freq", &hz.to_string()])
+                        .args(["--format", "folded", "--out"])
+                        .arg(out),
+                    Says::Stderr,
+                    "sampling",
+                    Duration::from_millis(1200),
+                    Duration::from_secs(60),
+                )?;
+                Ok(Some(ready.child))
             }
             Profiler::Perf(hz) => {
-                let mut c = Command::new("perf");
-                c.args(["record", "-g", "-a", "-F", &hz.to_string(), "-o"])
+                let child = Command::new("perf")
+                    .args(["record", "-g", "-a", "-F", &hz.to_string(), "-o"])
                     .arg(out.join("perf.data"))
-                    .args(["--", "sleep", "3600"]);
-                c
+                    .args(["--", "sleep", "3600"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .with_context(|| format!("starting {}", p.label()))?;
+                // perf says nothing when it starts; it has opened its events
+                // and synthesized the running processes well within this.
+                std::thread::sleep(Duration::from_millis(1500));
+                Ok(Some(child))
             }
-        };
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", p.label()))?;
-        let started = Instant::now();
-        // Loading and attaching take well under a second for both.
-        std::thread::sleep(Duration::from_millis(1500));
-        Ok(Some((child, started)))
+        }
     }
 
     fn overhead(&self) -> Result<()> {
@@ -220,9 +299,9 @@ impl Bench {
                 if code != 0 {
                     bail!("fixed_work exited with {code}");
                 }
-                if let Some((mut child, t)) = profiler {
+                if let Some(mut child) = profiler {
                     interrupt(&child);
-                    wait_usage(&mut child, t)?;
+                    wait_usage(&mut child, Instant::now())?;
                 }
                 let _ = fs::remove_dir_all(&out);
                 wall[i].push(usage.wall);
@@ -252,41 +331,120 @@ impl Bench {
     }
 
     /// run_time_ns / run_cnt of Hawk's perf_event program, from the fdinfo of
-    /// a running `hawk-ebpf record`, with kernel.bpf_stats_enabled set.
+    /// a running `hawk-ebpf record`, with kernel.bpf_stats_enabled set; and,
+    /// as the floor of this machine, the same for bpftrace's empty and
+    /// counting perf_event programs.
     fn bpf_cost(&self) -> Result<()> {
-        println!("\n== 2. BPF cost per CPU sample (kernel.bpf_stats_enabled=1)");
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (rounds, secs) = if self.quick { (1, 1.5) } else { (3, 2.0) };
+        let mut runs: Vec<(Sampler, usize)> = Vec::new();
+        for hz in [99, 999] {
+            runs.push((Sampler::Hawk(hz), cpus));
+            if !self.quick {
+                runs.push((Sampler::Hawk(hz), 1));
+                if self.bpftrace {
+                    runs.push((Sampler::BpftraceEmpty(hz), cpus));
+                    runs.push((Sampler::BpftraceCount(hz), cpus));
+                }
+            }
+        }
+        println!(
+            "\n== 2. BPF cost per CPU sample (kernel.bpf_stats_enabled=1): run_time_ns / run_cnt, \
+             {secs} s of fixed_work on N CPUs, {rounds} interleaved rounds"
+        );
+        if !self.quick && !self.bpftrace {
+            println!("bpftrace not found (apt-get install bpftrace): no floor reference");
+        }
         let knob = Path::new("/proc/sys/kernel/bpf_stats_enabled");
         let before = fs::read_to_string(knob).unwrap_or_else(|_| "0".into());
         fs::write(knob, "1").context("enabling kernel.bpf_stats_enabled")?;
+        let mut per_run: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+        let mut counts: Vec<u64> = vec![0; runs.len()];
         let result = (|| -> Result<()> {
-            for hz in [99u64, 999] {
-                let out = self.scratch.join(format!("bpf-{hz}"));
-                fs::create_dir_all(&out)?;
-                let (mut hawk, t) = self
-                    .start_profiler(&Profiler::Hawk(hz), &out)?
-                    .expect("hawk");
-                // Give it work to sample: user and kernel stacks.
-                let mut work = Command::new(&self.fixed_work)
-                    .arg(if self.quick { "500" } else { "1500" })
-                    .stdout(Stdio::null())
-                    .spawn()?;
-                wait_usage(&mut work, Instant::now())?;
-                let progs = bpf_prog_stats(hawk.id());
-                interrupt(&hawk);
-                wait_usage(&mut hawk, t)?;
-                for (name, run_ns, runs) in progs {
-                    if runs > 0 {
-                        println!(
-                            "{hz:>5} Hz  {name:<20} {runs:>8} runs  {:>8.2} µs/run",
-                            run_ns as f64 / runs as f64 / 1000.0
-                        );
+            for _ in 0..rounds {
+                for (i, (sampler, busy)) in runs.iter().enumerate() {
+                    let out = self.scratch.join("bpf");
+                    fs::create_dir_all(&out)?;
+                    let profiler = self.start_sampler(sampler, &out)?;
+                    // Work to sample: user stacks, a few kernel ones.
+                    let mut work = (0..*busy)
+                        .map(|_| {
+                            Command::new(&self.fixed_work)
+                                .arg("1000000")
+                                .stdout(Stdio::null())
+                                .spawn()
+                        })
+                        .collect::<std::io::Result<Vec<_>>>()?;
+                    std::thread::sleep(Duration::from_secs_f64(secs));
+                    let progs = bpf_prog_stats(profiler.id());
+                    for w in &mut work {
+                        let _ = w.kill();
+                        let _ = w.wait();
+                    }
+                    profiler.stop(Duration::from_secs(20));
+                    let _ = fs::remove_dir_all(&out);
+                    let (ns, cnt) = progs
+                        .iter()
+                        .filter(|(kind, _, _)| kind == "perf_event")
+                        .fold((0, 0), |(ns, cnt), (_, n, c)| (ns + n, cnt + c));
+                    if cnt > 0 {
+                        per_run[i].push(ns as f64 / cnt as f64 / 1000.0);
+                        counts[i] += cnt;
                     }
                 }
             }
             Ok(())
         })();
         let _ = fs::write(knob, before.trim());
-        result
+        result?;
+        println!(
+            "{:>7}  {:<34} {:>11} {:>9} {:>9} {:>15}",
+            "rate", "program", "busy CPUs", "runs", "µs/run", "(min-max)"
+        );
+        for (i, (sampler, busy)) in runs.iter().enumerate() {
+            let (m, lo, hi) = stats(&per_run[i]);
+            println!(
+                "{:>4} Hz  {:<34} {:>11} {:>9} {:>9.2} {:>15}",
+                sampler.hz(),
+                sampler.label(),
+                format!("{busy} of {cpus}"),
+                counts[i],
+                m,
+                format!("({lo:.2}-{hi:.2})")
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a system-wide perf_event BPF program; returns once it runs.
+    fn start_sampler(&self, sampler: &Sampler, out: &Path) -> Result<proc::Ready> {
+        let timeout = Duration::from_secs(60);
+        match sampler {
+            Sampler::Hawk(hz) => spawn_ready(
+                Command::new(&self.hawk)
+                    .args(["record", "--duration", "1h", "--freq", &hz.to_string()])
+                    .args(["--format", "folded", "--out"])
+                    .arg(out),
+                Says::Stderr,
+                "sampling",
+                Duration::from_millis(300),
+                timeout,
+            ),
+            Sampler::BpftraceEmpty(hz) | Sampler::BpftraceCount(hz) => spawn_ready(
+                Command::new("bpftrace").args([
+                    "-e",
+                    &match sampler {
+                        Sampler::BpftraceEmpty(_) => format!("profile:hz:{hz} {{ $x = 1; }}"),
+                        _ => format!("profile:hz:{hz} {{ @n = count(); }}"),
+                    },
+                ]),
+                // "Attaching 1 probe..." comes just before it attaches.
+                Says::Stdout,
+                "Attaching",
+                Duration::from_millis(500),
+                timeout,
+            ),
+        }
     }
 
     /// Time from the end of a window to the files written, and CPU used.
@@ -372,41 +530,6 @@ impl Bench {
         let _ = work.wait();
         Ok(())
     }
-}
-
-/// (program name, run_time_ns, run_cnt) of every BPF program `pid` holds,
-/// from /proc/PID/fdinfo.
-fn bpf_prog_stats(pid: u32) -> Vec<(String, u64, u64)> {
-    let mut out = Vec::new();
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return out;
-    };
-    for fd in fds.flatten() {
-        let Ok(link) = fs::read_link(fd.path()) else {
-            continue;
-        };
-        if link.to_string_lossy() != "anon_inode:bpf-prog" {
-            continue;
-        }
-        let info = fs::read_to_string(format!(
-            "/proc/{pid}/fdinfo/{}",
-            fd.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
-        let field = |key: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(|v| v.trim().to_string())
-        };
-        let num = |key: &str| field(key).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let name = match field("prog_type:").as_deref() {
-            Some("7") => "perf_event".to_string(),
-            Some(t) => format!("prog type {t}"),
-            None => "?".to_string(),
-        };
-        out.push((name, num("run_time_ns:"), num("run_cnt:")));
-    }
-    out
 }
 
 #[cfg(test)]

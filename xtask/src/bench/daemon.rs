@@ -1,0 +1,203 @@
+//! The daemon's memory over a long run (BENCHMARKS.md section 4).
+//!
+//! `hawk-ebpf daemon` at its default 19 Hz on a loopback port, with some
+//! activity on the node: `traced_service` serving a request with a new
+//! trace every 100 ms (the daemon holds each trace's samples), a short-lived
+//! `fixed_work` process every second (new pids and execs to look at), and a
+//! 2-second profile request to the daemon every 30 s. Its resident memory
+//! is read from /proc every few seconds.
+//!
+//! The retention is shortened (60 s; 10 s with `--quick`) so that the
+//! rolling window and the trace store reach their steady size within the
+//! run: growth after that is what an hour would add. The slope is a least
+//! squares fit over the samples taken after the retention (plus one sample
+//! interval) and is extrapolated to an hour.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::Bench;
+use super::proc::{Says, free_port, http_get, rss_kib, slope, spawn_ready};
+
+impl Bench {
+    pub fn daemon_memory(&self) -> Result<()> {
+        let (secs, every, retention) = if self.quick {
+            (30u64, 3u64, 10u64)
+        } else {
+            (150, 5, 60)
+        };
+        println!(
+            "\n== 4. daemon memory: hawk-ebpf daemon at 19 Hz for {secs} s (--retention {retention}s), \
+             RSS every {every} s; traced_service at 10 requests/s, a short process every second"
+        );
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        // The background: a shimmed service, before the daemon so that it
+        // is found by the start-up scan.
+        let service = spawn_ready(
+            Command::new(self.target.join("traced_service")).arg("0"),
+            Says::Stdout,
+            "ready ",
+            Duration::ZERO,
+            Duration::from_secs(10),
+        )?;
+        let service_port: u16 = service
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("ready ")?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            .context("traced_service did not say its port")?;
+        let daemon = match spawn_ready(
+            Command::new(&self.hawk)
+                .args(["daemon", "--listen", &addr.to_string()])
+                .args(["--retention", &format!("{retention}s")]),
+            Says::Stderr,
+            "daemon listening",
+            Duration::ZERO,
+            Duration::from_secs(60),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                service.stop(Duration::from_secs(2));
+                return Err(e);
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        {
+            let (stop, requests) = (stop.clone(), requests.clone());
+            let service: SocketAddr = ([127, 0, 0, 1], service_port).into();
+            threads.push(std::thread::spawn(move || {
+                let mut n: u64 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let traceparent =
+                        format!("00-{:032x}-{:016x}-01", 0x4a77_0000_0000u128 + n as u128, n);
+                    if http_get(service, "/alpha?ms=5", &[("traceparent", &traceparent)]).is_ok() {
+                        requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }));
+        }
+        {
+            let stop = stop.clone();
+            let fixed_work = self.fixed_work.clone();
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = Command::new(&fixed_work)
+                        .arg("20")
+                        .stdout(Stdio::null())
+                        .status();
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }));
+        }
+        {
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut next = Instant::now() + Duration::from_secs(10);
+                while !stop.load(Ordering::Relaxed) {
+                    if Instant::now() >= next {
+                        let _ = http_get(addr, "/debug/prof/cpu/ebpf/?seconds=2&format=json", &[]);
+                        next += Duration::from_secs(30);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }));
+        }
+
+        let pid = daemon.id();
+        let started = Instant::now();
+        let mut points: Vec<(f64, u64, u64, u64)> = Vec::new();
+        let result = (|| -> Result<()> {
+            for i in 0..=secs / every {
+                let at = started + Duration::from_secs(i * every);
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                let Some((total, anon, file)) = rss_kib(pid) else {
+                    bail!("the daemon exited");
+                };
+                points.push((started.elapsed().as_secs_f64(), total, anon, file));
+            }
+            Ok(())
+        })();
+        let metrics = http_get(addr, "/metrics", &[])
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            let _ = t.join();
+        }
+        daemon.stop(Duration::from_secs(20));
+        service.stop(Duration::from_secs(5));
+        result?;
+
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let first = points.first().copied().context("no RSS sample")?;
+        let last = points.last().copied().context("no RSS sample")?;
+        let peak = |f: fn(&(f64, u64, u64, u64)) -> u64| points.iter().map(f).max().unwrap_or(0);
+        println!(
+            "RSS MiB        start {:>7.1}  end {:>7.1}  peak {:>7.1}",
+            mib(first.1),
+            mib(last.1),
+            mib(peak(|p| p.1))
+        );
+        println!(
+            "  anonymous    start {:>7.1}  end {:>7.1}  peak {:>7.1}",
+            mib(first.2),
+            mib(last.2),
+            mib(peak(|p| p.2))
+        );
+        println!(
+            "  file-backed  start {:>7.1}  end {:>7.1}  peak {:>7.1}",
+            mib(first.3),
+            mib(last.3),
+            mib(peak(|p| p.3))
+        );
+        let warm = (retention + every) as f64;
+        let steady: Vec<_> = points.iter().filter(|p| p.0 >= warm).collect();
+        let xs: Vec<f64> = steady.iter().map(|p| p.0).collect();
+        let per_hour = |ys: Vec<f64>| {
+            slope(&xs, &ys).map_or("n/a".to_string(), |s| {
+                format!("{:+.1} MiB/h", s * 3600.0 / 1024.0)
+            })
+        };
+        println!(
+            "slope after t = {warm:.0} s ({} samples over {:.0} s), extrapolated to an hour: \
+             RSS {}, anonymous {}",
+            steady.len(),
+            xs.last().unwrap_or(&0.0) - xs.first().unwrap_or(&0.0),
+            per_hour(steady.iter().map(|p| p.1 as f64).collect()),
+            per_hour(steady.iter().map(|p| p.2 as f64).collect()),
+        );
+        let gauge = |name: &str| {
+            metrics
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        println!(
+            "background: {} traced requests; daemon's /metrics at the end: {} traces held, \
+             store {:.0} KiB, {} samples",
+            requests.load(Ordering::Relaxed),
+            gauge("hawk_traces_held").map_or("?".into(), |v| format!("{v:.0}")),
+            gauge("hawk_store_bytes").map_or(f64::NAN, |v| v / 1024.0),
+            gauge("hawk_samples_total").map_or("?".into(), |v| format!("{v:.0}")),
+        );
+        Ok(())
+    }
+}
