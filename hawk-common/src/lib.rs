@@ -35,6 +35,8 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     /// Ring buffer of pids (u32) that just exec'd.
     pub const EXEC_EVENTS: &str = "EXEC_EVENTS";
+    /// Ring buffer of pids (u32), one per new `CPU_COUNTS` key.
+    pub const PID_EVENTS: &str = "PID_EVENTS";
 }
 
 /// Names of the BPF programs in the object.
@@ -97,8 +99,10 @@ pub mod stats {
     pub const EXEC_EVENTS_LOST: u32 = 4;
     /// Forked children of targets not followed because `PIDS` was full.
     pub const PIDS_FULL: u32 = 5;
+    /// New-key pid events lost because the ring buffer was full.
+    pub const PID_EVENTS_LOST: u32 = 6;
     /// Number of counters.
-    pub const LEN: u32 = 6;
+    pub const LEN: u32 = 7;
 }
 
 /// The trace context of a thread: W3C ids in network byte order.

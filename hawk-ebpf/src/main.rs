@@ -58,6 +58,13 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::LEN, 0);
 #[map]
 static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
+/// The pid (u32) of each new `CPU_COUNTS` key: a process sampled for the
+/// first time, or one running new code (a library it just loaded), so that
+/// userspace reads its memory maps at once, before a short-lived process is
+/// gone.
+#[map]
+static PID_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
 #[inline(always)]
 fn count(stat: u32) {
     if let Some(ptr) = STATS.get_ptr_mut(stat) {
@@ -167,6 +174,11 @@ fn add_sample(key: &SampleKey) {
             Some(value) => bump(value),
             None => count(stats::COUNTS_FULL),
         }
+        return;
+    }
+    // A new key (the slow path already): a new process, or new code.
+    if PID_EVENTS.output::<u32>(&key.pid, 0).is_err() {
+        count(stats::PID_EVENTS_LOST);
     }
 }
 

@@ -140,6 +140,68 @@ fn record_command_runs_it_until_it_exits() {
 }
 
 #[test]
+fn short_lived_processes_get_named_frames() {
+    require_kernel!();
+    let out = scratch_dir("record-short-lived");
+    // Twenty processes of about 30 ms each: all of them gone long before
+    // the collector's next poll (200 ms). Their maps are read when their
+    // first samples are announced.
+    let script = format!(
+        "for i in $(seq 20); do {CPU_SPLIT} {} >/dev/null; done",
+        hawk_tests::secs(0.03)
+    );
+    let run = hawk(&[
+        "record",
+        "--freq",
+        "999",
+        "--duration",
+        "60s",
+        "--format",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let json = read_json(&find_output(&out, ".json"));
+    let of_workload: Vec<&serde_json::Value> = json["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["comm"] == "cpu_split")
+        .collect();
+    let total: u64 = of_workload
+        .iter()
+        .map(|s| s["samples"].as_u64().unwrap())
+        .sum();
+    let named: u64 = of_workload
+        .iter()
+        .filter(|s| {
+            s["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "hot_three_quarters" || f == "hot_one_quarter")
+        })
+        .map(|s| s["samples"].as_u64().unwrap())
+        .sum();
+    let pids: std::collections::BTreeSet<u64> = of_workload
+        .iter()
+        .map(|s| s["pid"].as_u64().unwrap())
+        .collect();
+    assert!(pids.len() >= 10, "{} processes sampled", pids.len());
+    // Before snapshots, about one sample in ten had its functions named.
+    assert!(
+        named * 10 >= total * 7,
+        "{named} of {total} samples name the workload's functions"
+    );
+}
+
+#[test]
 fn record_command_follows_the_processes_it_forks() {
     require_kernel!();
     let out = scratch_dir("record-command-forks");

@@ -13,6 +13,7 @@ use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, S
 use hawk_common::{STACK_KERNEL, STACK_USER, SampleKey, SampleValue, TraceContext, maps, stats};
 
 use super::bpf::{self, CollectorError, Globals};
+use super::first_samples::MapsWatcher;
 use super::procs::{self, ProcessTable};
 use super::stacks::SeenStacks;
 use crate::symbolize::Symbolizer;
@@ -114,6 +115,8 @@ pub struct CpuSampler {
     seen: SeenStacks,
     /// What [`CpuSampler::drain`] has taken so far.
     drain: DrainState,
+    /// Maps of processes read at their first sample (short-lived ones).
+    first_samples: Option<MapsWatcher>,
 }
 
 /// Bookkeeping of continuous draining (see [`CpuSampler::drain`]).
@@ -187,6 +190,7 @@ impl CpuSampler {
             frequency_hz: config.frequency_hz,
             seen: SeenStacks::default(),
             drain: DrainState::default(),
+            first_samples: None,
         };
         for pid in &config.pids {
             sampler.add_pid(*pid)?;
@@ -194,6 +198,12 @@ impl CpuSampler {
         if !config.pids.is_empty() {
             // The processes the targets fork are sampled too.
             super::forks::follow(&mut sampler.ebpf)?;
+        }
+        // Without it, short-lived processes keep unnamed frames: worth a
+        // warning, not a failure.
+        match MapsWatcher::start(&mut sampler.ebpf) {
+            Ok(watcher) => sampler.first_samples = Some(watcher),
+            Err(e) => tracing::warn!("{e}: processes that exit within a poll keep unnamed frames"),
         }
         sampler.attach()?;
         sampler.started = SystemTime::now();
@@ -259,6 +269,7 @@ impl CpuSampler {
         symbolizer: &mut Symbolizer,
         wanted: impl Fn(&SampleKey) -> bool,
     ) -> Result<u64, CollectorError> {
+        self.take_snapshots(symbolizer);
         let mut matching = 0;
         let mut fresh = Vec::new();
         for (key, value) in Self::counts(&self.ebpf)?.iter().flatten() {
@@ -274,6 +285,15 @@ impl CpuSampler {
         let stacks = Self::stacks(&self.ebpf)?;
         self.seen.normalize_from(&stacks, symbolizer, fresh);
         Ok(matching)
+    }
+
+    /// Hands the maps read at first samples to `symbolizer`.
+    fn take_snapshots(&self, symbolizer: &mut Symbolizer) {
+        if let Some(watcher) = &self.first_samples {
+            for (pid, snapshot) in watcher.take() {
+                symbolizer.add_snapshot(pid, snapshot);
+            }
+        }
     }
 
     /// The threads whose current trace context `matches`, as (pid, tid,
@@ -380,6 +400,7 @@ impl CpuSampler {
         procs: &mut ProcessTable,
         symbolizer: &mut Symbolizer,
     ) -> Result<Vec<RawSample>, CollectorError> {
+        self.take_snapshots(symbolizer);
         let entries: Vec<(SampleKey, SampleValue)> =
             Self::counts(&self.ebpf)?.iter().flatten().collect();
         let mut out = Vec::new();

@@ -6,6 +6,7 @@
 pub mod bpf;
 pub mod check;
 pub mod cpu;
+pub mod first_samples;
 pub mod forks;
 pub mod mem;
 pub mod procs;

@@ -13,6 +13,10 @@
 //! Kernel addresses are named from kallsyms and cached by address. A frame
 //! that has no symbol keeps its place as `module+0xoffset`.
 //!
+//! A process that exits before its first poll is normalized from a
+//! [`MapsSnapshot`] the collector read when the kernel announced its first
+//! sample ([`Symbolizer::add_snapshot`]).
+//!
 //! A long-running caller (the daemon) trims the caches with
 //! [`Symbolizer::forget_processes`]: the mappings of processes that are gone,
 //! then the modules no remaining process maps, with their open files and
@@ -30,6 +34,10 @@ use blazesym::symbolize::{Input, Symbolized, Symbolizer as BlazeSymbolizer};
 use blazesym::{MaybeDefault, Pid};
 
 use crate::profile::{Frame, FrameKind};
+
+mod snapshot;
+
+pub use snapshot::{Mapping, MapsSnapshot};
 
 /// Never reused, so a name cached for a dropped module cannot stick to a new one.
 type ModuleId = u64;
@@ -87,6 +95,8 @@ pub struct Symbolizer {
     locations: HashMap<(u32, u64), Location>,
     user_names: HashMap<(ModuleId, u64), Arc<str>>,
     kernel_names: HashMap<u64, Arc<str>>,
+    /// Maps read early, for processes that may be gone before `normalize`.
+    snapshots: HashMap<u32, MapsSnapshot>,
     stats: SymbolizerStats,
 }
 
@@ -107,8 +117,15 @@ impl Symbolizer {
             locations: HashMap::new(),
             user_names: HashMap::new(),
             kernel_names: HashMap::new(),
+            snapshots: HashMap::new(),
             stats: SymbolizerStats::default(),
         }
+    }
+
+    /// Keeps `snapshot` of `pid`'s maps, for normalizing its addresses if
+    /// the process is gone by then.
+    pub fn add_snapshot(&mut self, pid: u32, snapshot: MapsSnapshot) {
+        self.snapshots.insert(pid, snapshot);
     }
 
     pub fn stats(&self) -> SymbolizerStats {
@@ -142,7 +159,7 @@ impl Symbolizer {
             .normalizer
             .normalize_user_addrs_opts(Pid::from(pid), &fresh, &opts)
         else {
-            return false;
+            return self.normalize_from_snapshot(pid, &fresh);
         };
         // Map each meta entry to a module once.
         let mut meta_modules: Vec<Option<ModuleId>> = Vec::with_capacity(output.meta.len());
@@ -166,6 +183,51 @@ impl Symbolizer {
                     module,
                     offset: *offset,
                 },
+                None => Location::Unknown,
+            };
+            self.locations.insert((pid, *addr), location);
+        }
+        // A process that exited but is not reaped yet has empty maps.
+        if self.snapshots.contains_key(&pid) {
+            let unknown: Vec<u64> = fresh
+                .iter()
+                .copied()
+                .filter(|a| self.locations.get(&(pid, *a)) == Some(&Location::Unknown))
+                .collect();
+            self.normalize_from_snapshot(pid, &unknown);
+        }
+        true
+    }
+
+    /// Normalizes `addrs` of `pid` from its snapshot; false without one.
+    fn normalize_from_snapshot(&mut self, pid: u32, addrs: &[u64]) -> bool {
+        let Some(snapshot) = self.snapshots.get(&pid) else {
+            return false;
+        };
+        for addr in addrs {
+            let location = match snapshot.locate(*addr) {
+                Some((mapping, offset)) => {
+                    let key = (mapping.path.clone(), None);
+                    let module = match self.module_ids.get(&key) {
+                        Some(id) => *id,
+                        None => {
+                            let id = self.next_module;
+                            self.next_module += 1;
+                            let file = mapping.file.as_ref().and_then(|f| f.try_clone().ok());
+                            self.modules.insert(
+                                id,
+                                Module {
+                                    path: mapping.path.clone(),
+                                    file,
+                                },
+                            );
+                            self.module_ids.insert(key, id);
+                            self.stats.modules += 1;
+                            id
+                        }
+                    };
+                    Location::File { module, offset }
+                }
                 None => Location::Unknown,
             };
             self.locations.insert((pid, *addr), location);
@@ -319,10 +381,16 @@ impl Symbolizer {
     /// they cache every file they ever opened (open, parsed) and have no
     /// way to drop one. Returns the number of modules dropped.
     pub fn forget_processes(&mut self, mut gone: impl FnMut(u32) -> bool) -> usize {
-        let pids: HashSet<u32> = self.locations.keys().map(|(p, _)| *p).collect();
+        let pids: HashSet<u32> = self
+            .locations
+            .keys()
+            .map(|(p, _)| *p)
+            .chain(self.snapshots.keys().copied())
+            .collect();
         let gone: HashSet<u32> = pids.into_iter().filter(|p| gone(*p)).collect();
         if !gone.is_empty() {
             self.locations.retain(|(p, _), _| !gone.contains(p));
+            self.snapshots.retain(|p, _| !gone.contains(p));
         }
         let used: HashSet<ModuleId> = self
             .locations
@@ -409,6 +477,30 @@ mod tests {
         let before = s.stats().symbolized;
         s.user_frames(pid, &[addr]);
         assert_eq!(s.stats().symbolized, before);
+    }
+
+    #[test]
+    fn a_gone_process_is_named_from_its_snapshot() {
+        // This process's maps, filed under a pid that does not exist: the
+        // normalizer cannot read it, the snapshot answers.
+        let addr = marker_function_for_symbolizer_test as *const () as u64;
+        let gone = u32::MAX - 7;
+        let mut s = Symbolizer::new();
+        assert!(!s.normalize(gone, &[addr]), "no maps and no snapshot");
+        let mut s = Symbolizer::new();
+        s.add_snapshot(gone, MapsSnapshot::read(std::process::id()).unwrap());
+        assert!(s.normalize(gone, &[addr]));
+        let frames = s.user_frames(gone, &[addr, 0x10]);
+        assert!(
+            frames[0]
+                .name
+                .contains("marker_function_for_symbolizer_test"),
+            "{frames:?}"
+        );
+        assert!(frames[1].name.starts_with("[unknown]"), "{frames:?}");
+        // Forgotten with the process.
+        s.forget_processes(|pid| pid == gone);
+        assert!(s.snapshots.is_empty());
     }
 
     #[test]
