@@ -326,11 +326,11 @@ pub fn hawk_mem_alloc_sample(ctx: ProbeContext) -> u32 {
         return 0;
     }
     count(mstats::SAMPLED);
-    // The calls it stands for: weight / size, at least one.
+    // The calls it stands for: weight / size, rounded, at least one.
     let calls = if size == 0 || weight <= size {
         1
     } else {
-        weight / size
+        (weight + size / 2) / size
     };
     allocated(&ctx, pid_tgid, ptr, kind::SAMPLED, weight, calls);
     0

@@ -161,13 +161,16 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Sum of `samples` over the `stats` entries whose frames satisfy `pred`.
-pub fn weight_where(json: &serde_json::Value, pred: impl Fn(&[&str]) -> bool) -> u64 {
+/// The `stats` entries of a Hawk JSON profile whose frames satisfy `pred`.
+fn entries_where<'a>(
+    json: &'a serde_json::Value,
+    pred: impl Fn(&[&str]) -> bool + 'a,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
     json["stats"]
         .as_array()
         .expect("stats array")
         .iter()
-        .filter(|entry| {
+        .filter(move |entry| {
             let frames: Vec<&str> = entry["frames"]
                 .as_array()
                 .expect("frames")
@@ -176,6 +179,12 @@ pub fn weight_where(json: &serde_json::Value, pred: impl Fn(&[&str]) -> bool) ->
                 .collect();
             pred(&frames)
         })
+}
+
+/// Sum of `samples` (or `bytes`) over the `stats` entries whose frames
+/// satisfy `pred`.
+pub fn weight_where(json: &serde_json::Value, pred: impl Fn(&[&str]) -> bool) -> u64 {
+    entries_where(json, pred)
         .map(|entry| {
             entry["samples"]
                 .as_u64()
@@ -183,6 +192,35 @@ pub fn weight_where(json: &serde_json::Value, pred: impl Fn(&[&str]) -> bool) ->
                 .expect("weight")
         })
         .sum()
+}
+
+/// The pids of the `stats` entries whose frames satisfy `pred`.
+pub fn pids_where(
+    json: &serde_json::Value,
+    pred: impl Fn(&[&str]) -> bool,
+) -> std::collections::BTreeSet<u64> {
+    entries_where(json, pred)
+        .map(|entry| entry["pid"].as_u64().expect("pid"))
+        .collect()
+}
+
+/// Runs `hawk-ebpf record FLAGS --duration 60s --format json --out OUT --
+/// COMMAND…` with an empty stdin, asserts that it succeeded, and returns its
+/// stderr. The window ends when the command exits.
+pub fn record_command(out: &Path, flags: &[&str], command: &[&str]) -> String {
+    let run = Command::new(hawk_bin())
+        .arg("record")
+        .args(flags)
+        .args(["--duration", "60s", "--format", "json", "--out"])
+        .arg(out)
+        .arg("--")
+        .args(command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running hawk-ebpf record");
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "hawk-ebpf record: {stderr}");
+    stderr
 }
 
 /// Schema errors of a speedscope file, checked against the schema published

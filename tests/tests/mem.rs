@@ -10,7 +10,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hawk_tests::{
-    find_output, hawk, hawk_bin, read_json, require_kernel, scratch_dir, weight_where,
+    find_output, hawk, hawk_bin, read_json, record_command, require_kernel, scratch_dir,
+    weight_where,
 };
 
 const MEM_WORKLOAD: &str = env!("CARGO_BIN_EXE_mem_workload");
@@ -297,12 +298,12 @@ fn record_mem_uses_the_sampled_allocator_when_the_program_links_it() {
         );
     };
     let leaked = truth["leaked"];
-    within(
-        "outstanding under leak_memory",
-        weight_where(&outstanding, |f| has(f, "leak_memory")),
-        leaked,
-        15,
-    );
+    let leak_estimate = weight_where(&outstanding, |f| has(f, "leak_memory"));
+    // Every sample the program reported reached the profile: each 64 KiB
+    // block sampled at a 32 KiB mean stands for 64 KiB / (1 - e^-2).
+    let per_block = (65536.0 / (1.0 - (-2.0f64).exp())).round() as u64;
+    assert_eq!(leak_estimate, truth["leak_samples"] * per_block);
+    within("outstanding under leak_memory", leak_estimate, leaked, 15);
     within(
         "allocated under churn_memory",
         weight_where(&allocated, |f| has(f, "churn_memory")),
@@ -373,24 +374,7 @@ fn record_mem_command_exits_mid_window() {
     require_kernel!();
     let out = scratch_dir("record-mem-command");
     // stdin is empty: the workload runs straight through and exits.
-    let run = Command::new(hawk_bin())
-        .args([
-            "record",
-            "--mem",
-            "--duration",
-            "60s",
-            "--format",
-            "json",
-            "--out",
-            out.to_str().unwrap(),
-            "--",
-            MEM_WORKLOAD,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stderr}");
+    let stderr = record_command(&out, &["--mem"], &[MEM_WORKLOAD]);
     // The process is gone when the files are written: its stacks are named
     // from what the polls learned while it lived (it lingers 1.5 s).
     let outstanding = read_json(&outstanding_json(&out));
@@ -405,26 +389,7 @@ fn record_mem_follows_the_processes_a_command_forks() {
     // The shell forks the workload; the workload waits for the pipe to close
     // (`sleep`) before it allocates, by which time Hawk follows it.
     let script = format!("sleep {} | {MEM_WORKLOAD}", hawk_tests::secs(1.5));
-    let run = Command::new(hawk_bin())
-        .args([
-            "record",
-            "--mem",
-            "--duration",
-            "60s",
-            "--format",
-            "json",
-            "--out",
-            out.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stderr}");
+    let stderr = record_command(&out, &["--mem"], &["sh", "-c", &script]);
     assert!(stderr.contains("following child process"), "{stderr}");
     let outstanding = read_json(&outstanding_json(&out));
     let leak = weight_where(&outstanding, |f| has(f, "leak_memory"));

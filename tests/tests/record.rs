@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use hawk_tests::{
-    Workload, cpu_seconds, find_output, hawk, read_json, require_kernel, scratch_dir, secs,
-    speedscope_schema_errors, weight_where,
+    Workload, cpu_seconds, find_output, hawk, pids_where, read_json, record_command,
+    require_kernel, scratch_dir, secs, speedscope_schema_errors, weight_where,
 };
 
 const CPU_SPLIT: &str = env!("CARGO_BIN_EXE_cpu_split");
@@ -150,50 +150,19 @@ fn short_lived_processes_get_named_frames() {
         "for i in $(seq 20); do {CPU_SPLIT} {} >/dev/null; done",
         hawk_tests::secs(0.03)
     );
-    let run = hawk(&[
-        "record",
-        "--freq",
-        "999",
-        "--duration",
-        "60s",
-        "--format",
-        "json",
-        "--out",
-        out.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stderr}");
+    let stderr = record_command(&out, &["--freq", "999"], &["sh", "-c", &script]);
     let json = read_json(&find_output(&out, ".json"));
-    let of_workload: Vec<&serde_json::Value> = json["stats"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["comm"] == "cpu_split")
-        .collect();
-    let total: u64 = of_workload
-        .iter()
-        .map(|s| s["samples"].as_u64().unwrap())
-        .sum();
-    let named: u64 = of_workload
-        .iter()
-        .filter(|s| {
-            s["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|f| f == "hot_three_quarters" || f == "hot_one_quarter")
-        })
-        .map(|s| s["samples"].as_u64().unwrap())
-        .sum();
-    let pids: std::collections::BTreeSet<u64> = of_workload
-        .iter()
-        .map(|s| s["pid"].as_u64().unwrap())
-        .collect();
-    assert!(pids.len() >= 10, "{} processes sampled", pids.len());
+    let workload = |f: &[&str]| f[0].starts_with("cpu_split (");
+    let total = weight_where(&json, workload);
+    let named = weight_where(&json, |f| {
+        workload(f) && (has(f, "hot_three_quarters") || has(f, "hot_one_quarter"))
+    });
+    let pids = pids_where(&json, workload);
+    assert!(
+        pids.len() >= 10,
+        "{} processes sampled: {stderr}",
+        pids.len()
+    );
     // Before snapshots, about one sample in ten had its functions named.
     assert!(
         named * 10 >= total * 7,
@@ -208,37 +177,9 @@ fn record_command_follows_the_processes_it_forks() {
     // The shell forks cpu_split twice (one after the other): both are
     // followed from their first instruction, in the kernel.
     let script = format!("{CPU_SPLIT} 1; {CPU_SPLIT} 1");
-    let run = hawk(&[
-        "record",
-        "--duration",
-        "60s",
-        "--freq",
-        "499",
-        "--format",
-        "json",
-        "--out",
-        out.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stderr}");
+    let stderr = record_command(&out, &["--freq", "499"], &["sh", "-c", &script]);
     let json = read_json(&find_output(&out, ".json"));
-    let pids_with_work: std::collections::BTreeSet<u64> = json["stats"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| {
-            s["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|f| f == "hot_three_quarters")
-        })
-        .map(|s| s["pid"].as_u64().unwrap())
-        .collect();
+    let pids_with_work = pids_where(&json, |f| has(f, "hot_three_quarters"));
     assert_eq!(pids_with_work.len(), 2, "{stderr}\n{json:#}");
     assert_three_to_one(&json);
 }

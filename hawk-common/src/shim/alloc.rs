@@ -92,15 +92,25 @@ impl<A> SampledAlloc<A> {
         self.mean_interval.load(Ordering::Relaxed)
     }
 
-    /// Changes the mean sampling interval (at least 1 byte). Threads pick it
-    /// up at their next sample.
+    /// Changes the mean sampling interval (at least 1 byte). The calling
+    /// thread uses it from its next allocation on; other threads from their
+    /// next sample (call it at start-up, before starting threads, for it to
+    /// hold everywhere at once).
     pub fn set_mean_interval(&self, bytes: u64) {
         self.mean_interval.store(bytes.max(1), Ordering::Relaxed);
+        // Redraw this thread's countdown with the new mean: one drawn with
+        // the old mean could outlast many allocations.
+        let _ = COUNTDOWN.try_with(|countdown| countdown.set(0));
     }
 
     /// Samples skipped because the table of sampled blocks was full.
     pub fn skipped_samples(&self) -> u64 {
         SKIPPED.load(Ordering::Relaxed)
+    }
+
+    /// Allocations reported through [`hawk_alloc_sample`] so far.
+    pub fn reported_samples(&self) -> u64 {
+        REPORTED.load(Ordering::Relaxed)
     }
 
     /// Decides whether an allocation of `size` bytes is sampled; returns the
@@ -139,6 +149,7 @@ impl<A> SampledAlloc<A> {
         }
         if let Some(weight) = self.sample(size) {
             if SAMPLED.insert(ptr as usize) {
+                REPORTED.fetch_add(1, Ordering::Relaxed);
                 hawk_alloc_sample(ptr as u64, size as u64, weight);
             } else {
                 SKIPPED.fetch_add(1, Ordering::Relaxed);
@@ -254,6 +265,7 @@ std::thread_local! {
 }
 
 static SKIPPED: AtomicU64 = AtomicU64::new(0);
+static REPORTED: AtomicU64 = AtomicU64::new(0);
 
 /// Addresses of the live sampled blocks.
 static SAMPLED: SampledTable = SampledTable::new();
@@ -404,6 +416,18 @@ mod tests {
         }
         let error = estimate as f64 / truth as f64 - 1.0;
         assert!(error.abs() < 0.03, "estimate {estimate} vs {truth}");
+    }
+
+    #[test]
+    fn a_new_interval_holds_from_the_next_allocation() {
+        // A countdown drawn with a huge mean must not outlast the change.
+        let alloc = SampledAlloc::with_mean_interval(System, 1 << 40);
+        let _ = alloc.sample(1);
+        alloc.set_mean_interval(1024);
+        let sampled = (0..64)
+            .filter(|_| alloc.sample(64 * 1024).is_some())
+            .count();
+        assert!(sampled >= 60, "{sampled} of 64");
     }
 
     #[test]

@@ -248,11 +248,8 @@ pub fn find_libc(pid: u32) -> Result<PathBuf, CollectorError> {
 /// The C library of every running process, as paths that reach them from
 /// here (repeats included).
 fn all_libcs() -> Vec<PathBuf> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    procs::live_pids()
+        .into_iter()
         .filter_map(|pid| find_libc(pid).ok())
         .collect()
 }

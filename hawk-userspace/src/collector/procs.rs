@@ -111,6 +111,49 @@ pub fn children(pid: u32) -> Vec<u32> {
     out
 }
 
+/// One line of `/proc/PID/maps` that maps part of a file executable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecutableMapping<'a> {
+    pub start: u64,
+    pub end: u64,
+    /// Offset in the file of `start`.
+    pub file_offset: u64,
+    /// The path as written, ending in ` (deleted)` when the file was removed.
+    pub path: &'a str,
+}
+
+impl ExecutableMapping<'_> {
+    /// Whether the file was removed (or replaced) after it was mapped.
+    pub fn deleted(&self) -> bool {
+        self.path.ends_with(" (deleted)")
+    }
+}
+
+/// The executable file mappings in the text of a `/proc/PID/maps`, in order
+/// (anonymous memory, `[vdso]` and the like are left out).
+pub fn executable_mappings(maps: &str) -> impl Iterator<Item = ExecutableMapping<'_>> {
+    maps.lines().filter_map(|line| {
+        // start-end perms offset dev inode path (the path may hold spaces)
+        let mut fields = line.splitn(6, char::is_whitespace);
+        let range = fields.next()?;
+        let perms = fields.next()?;
+        let offset = fields.next()?;
+        let _dev = fields.next()?;
+        let inode = fields.next()?;
+        let path = fields.next()?.trim_start();
+        if !perms.contains('x') || inode == "0" || !path.starts_with('/') {
+            return None;
+        }
+        let (start, end) = range.split_once('-')?;
+        Some(ExecutableMapping {
+            start: u64::from_str_radix(start, 16).ok()?,
+            end: u64::from_str_radix(end, 16).ok()?,
+            file_offset: u64::from_str_radix(offset, 16).ok()?,
+            path,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +200,29 @@ mod tests {
         child.wait().unwrap();
         assert!(found.contains(&child.id()), "{found:?}");
         assert!(children(u32::MAX).is_empty());
+    }
+
+    #[test]
+    fn parses_executable_file_mappings() {
+        let maps = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:00 11 /usr/bin/cat
+55d0c0a01000-55d0c0a05000 r-xp 00001000 fe:00 11                         /usr/bin/my cat
+7fb71dc00000-7fb71dc01000 r-xp 00000000 00:00 0
+7fb71dd00000-7fb71dd01000 r-xp 00002000 fe:00 12 /tmp/old.so (deleted)
+7ffd1000000-7ffd1001000 r-xp 00000000 00:00 0                          [vdso]
+";
+        let found: Vec<ExecutableMapping> = executable_mappings(maps).collect();
+        assert_eq!(
+            found[0],
+            ExecutableMapping {
+                start: 0x55d0c0a01000,
+                end: 0x55d0c0a05000,
+                file_offset: 0x1000,
+                path: "/usr/bin/my cat",
+            }
+        );
+        assert_eq!(found.len(), 2);
+        assert!(found[1].deleted() && !found[0].deleted());
     }
 
     #[test]

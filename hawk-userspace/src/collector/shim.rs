@@ -122,7 +122,7 @@ impl ShimAttacher {
     /// Scans every running process. Returns how many binaries were attached.
     pub fn scan_all(&mut self, ebpf: &mut Ebpf) -> usize {
         let before = self.attached.len();
-        for pid in all_pids() {
+        for pid in procs::live_pids() {
             self.scan_pid(ebpf, pid);
         }
         self.attached.len() - before
@@ -131,7 +131,7 @@ impl ShimAttacher {
     /// Scans processes not seen before (a fallback without the exec
     /// tracepoint, and a safety net for lost exec events).
     pub fn scan_new_processes(&mut self, ebpf: &mut Ebpf) {
-        let pids = all_pids();
+        let pids = procs::live_pids();
         // Processes that are gone leave the set (it would otherwise grow
         // with every pid ever seen); a reused pid is a new process.
         let live: HashSet<u32> = pids.iter().copied().collect();
@@ -246,17 +246,6 @@ pub(crate) fn exports_symbol(inspector: &Inspector, path: &Path, symbol: &str) -
         .is_ok_and(|found| found.iter().any(|syms| !syms.is_empty()))
 }
 
-/// Every pid in /proc.
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|dir| {
-            dir.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Paths of the file-backed executable mappings of `pid` (its executable
 /// and the libraries it maps), each once, as the process sees them.
 pub(crate) fn executable_mappings(pid: u32) -> Vec<PathBuf> {
@@ -268,32 +257,10 @@ pub(crate) fn executable_mappings(pid: u32) -> Vec<PathBuf> {
 
 fn parse_executable_mappings(maps: &str) -> Vec<PathBuf> {
     let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for line in maps.lines() {
-        // address perms offset dev inode path
-        let mut fields = line.split_whitespace();
-        let (Some(_), Some(perms), Some(_), Some(_), Some(inode)) = (
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-        ) else {
-            continue;
-        };
-        let path: String = fields.collect::<Vec<_>>().join(" ");
-        if !perms.contains('x')
-            || inode == "0"
-            || !path.starts_with('/')
-            || path.ends_with(" (deleted)")
-        {
-            continue;
-        }
-        if seen.insert(path.clone()) {
-            out.push(PathBuf::from(path));
-        }
-    }
-    out
+    procs::executable_mappings(maps)
+        .filter(|m| !m.deleted() && seen.insert(m.path))
+        .map(|m| PathBuf::from(m.path))
+        .collect()
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use crate::collector::mem::{MemConfig, MemTracer, monotonic_ns};
 use crate::collector::procs::{self, ProcessTable};
 use crate::collector::shim::{self, ShimAttacher};
 use crate::correlate::build_profile;
-use crate::correlate::mem::{MemProfiles, MemSettings, build_mem_profiles};
+use crate::correlate::mem::{MemOptions, MemProfiles, mem_profiles};
 use crate::correlate::window::{CloseReason, TraceWindow, WindowConfig, WindowState};
 use crate::output;
 use crate::profile::{MemSource, Metadata, Profile, ProfileKind, SpanId, TraceIds};
@@ -370,30 +370,28 @@ pub async fn capture_mem(args: &CaptureArgs) -> anyhow::Result<MemProfiles> {
             "hawk-ebpf: the trace was still running at the timeout; writing what was collected"
         );
     }
-    let records = tracer.read(Duration::ZERO, end_ns, hawk_common::MAX_STACK_DEPTH)?;
-    let mut run = run;
-    if run.span.is_none() {
-        run.span = records
-            .allocated
-            .iter()
-            .find(|(s, _)| s.trace.trace_id == target)
-            .map(|(s, _)| s.trace.span_id);
-    }
-    let kstats = tracer.kernel_stats()?;
-    let mut metadata = trace_metadata(ProfileKind::Mem, args, &run);
-    metadata.stats.unmapped_processes = tracer.unmapped_processes() as u64;
-    let settings = MemSettings {
-        source: tracer.source(),
+    let metadata = trace_metadata(ProfileKind::Mem, args, &run);
+    let options = MemOptions {
         max_frames: hawk_common::MAX_STACK_DEPTH,
         min_age: Duration::ZERO,
     };
-    Ok(build_mem_profiles(
-        &records,
-        &kstats,
-        settings,
+    let (mut profiles, _) = mem_profiles(
+        &tracer,
+        end_ns,
+        options,
         &mut symbolizer,
         &procs,
         metadata,
         |s| of_trace(&s.trace),
-    ))
+    )?;
+    if run.span.is_none() {
+        // No thread was seen serving the trace: the span of an allocation.
+        let span = profiles.allocated.samples.iter().find_map(|s| s.trace);
+        for profile in [&mut profiles.outstanding, &mut profiles.allocated] {
+            if let (Some(ids), Some(seen)) = (profile.metadata.trace.as_mut(), span) {
+                ids.span_id = seen.span_id;
+            }
+        }
+    }
+    Ok(profiles)
 }

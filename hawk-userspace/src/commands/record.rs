@@ -13,7 +13,7 @@ use crate::collector::cpu::{CpuConfig, CpuSampler};
 use crate::collector::mem::{Attachment, MemConfig, MemKernelStats, MemTracer, monotonic_ns};
 use crate::collector::procs::{self, ProcessTable};
 use crate::correlate::build_profile;
-use crate::correlate::mem::{MemProfiles, MemSettings, build_mem_profiles};
+use crate::correlate::mem::{MemOptions, mem_profiles};
 use crate::output;
 use crate::profile::{MemSource, Metadata, Profile, ProfileKind};
 use crate::render::{self, Format};
@@ -313,33 +313,32 @@ pub async fn record_mem(args: &RecordArgs) -> anyhow::Result<MemRecording> {
     tracer.poll(&mut procs, &mut symbolizer, |_| true)?;
     targets.finish();
 
-    let records = tracer.read(args.min_age, end_ns, args.frames)?;
-    let kstats = tracer.kernel_stats()?;
     let mut metadata = Metadata::new(ProfileKind::Mem, tracer.started(), end);
     metadata.target_pids = pids;
-    metadata.stats.unmapped_processes = tracer.unmapped_processes() as u64;
-    let settings = MemSettings {
-        source: tracer.source(),
+    let options = MemOptions {
         max_frames: args.frames,
         min_age: args.min_age,
     };
-    let MemProfiles {
-        outstanding,
-        allocated,
-    } = build_mem_profiles(
-        &records,
-        &kstats,
-        settings,
+    let (profiles, kstats) = mem_profiles(
+        &tracer,
+        end_ns,
+        options,
         &mut symbolizer,
         &procs,
         metadata,
         |_| true,
-    );
+    )?;
+    let live_allocations = profiles
+        .outstanding
+        .metadata
+        .mem
+        .as_ref()
+        .map_or(0, |m| m.live_allocations);
     Ok(MemRecording {
-        outstanding,
-        allocated,
+        outstanding: profiles.outstanding,
+        allocated: profiles.allocated,
         stats: kstats,
-        live_allocations: records.live_allocations,
+        live_allocations,
         reason,
     })
 }

@@ -4,22 +4,29 @@
 
 use std::time::Duration;
 
+use crate::collector::CollectorError;
 use crate::collector::cpu::RawSample;
-use crate::collector::mem::{MemKernelStats, MemRecords};
+use crate::collector::mem::{MemKernelStats, MemRecords, MemTracer};
 use crate::collector::procs::ProcessTable;
 use crate::profile::{Frame, FrameKind, MemInfo, MemSource, MemView, Metadata, Profile};
 use crate::symbolize::Symbolizer;
 
 use super::build_profile;
 
-/// How the records were collected.
+/// What a window keeps of the allocations.
 #[derive(Clone, Copy, Debug)]
-pub struct MemSettings {
-    pub source: MemSource,
+pub struct MemOptions {
     /// Frames kept per stack (`--frames`).
     pub max_frames: usize,
     /// Allocations younger than this are left out of the outstanding view.
     pub min_age: Duration,
+}
+
+/// How the records were collected.
+#[derive(Clone, Copy, Debug)]
+struct MemSettings {
+    source: MemSource,
+    options: MemOptions,
 }
 
 /// The outstanding and allocated profiles of one window.
@@ -31,10 +38,37 @@ pub struct MemProfiles {
     pub allocated: Profile,
 }
 
-/// Builds both profiles from `records`, keeping the records `keep` accepts
-/// (e.g. those of one trace). `metadata` gives the window, the targets and
-/// the trace; the kind must be mem.
-pub fn build_mem_profiles(
+/// Reads what `tracer` (stopped now) collected in the window that ended at
+/// `end_ns` (CLOCK_MONOTONIC, [`crate::collector::mem::monotonic_ns`]) and
+/// builds both profiles, keeping the records `keep` accepts (e.g. those of
+/// one trace). `metadata`
+/// gives the window, the targets and the trace (kind mem); the counters and
+/// the memory settings are filled in here. Returns the kernel's counters too.
+pub fn mem_profiles(
+    tracer: &MemTracer,
+    end_ns: u64,
+    options: MemOptions,
+    symbolizer: &mut Symbolizer,
+    procs: &ProcessTable,
+    metadata: Metadata,
+    keep: impl FnMut(&RawSample) -> bool,
+) -> Result<(MemProfiles, MemKernelStats), CollectorError> {
+    let records = tracer.read(options.min_age, end_ns, options.max_frames)?;
+    let kstats = tracer.kernel_stats()?;
+    let mut metadata = metadata;
+    metadata.stats.unmapped_processes = tracer.unmapped_processes() as u64;
+    let settings = MemSettings {
+        source: tracer.source(),
+        options,
+    };
+    let profiles = build_mem_profiles(
+        &records, &kstats, settings, symbolizer, procs, metadata, keep,
+    );
+    Ok((profiles, kstats))
+}
+
+/// Builds both profiles from `records`.
+fn build_mem_profiles(
     records: &MemRecords,
     kstats: &MemKernelStats,
     settings: MemSettings,
@@ -55,8 +89,8 @@ pub fn build_mem_profiles(
         frees: kstats.frees,
         unknown_frees: kstats.unknown_frees,
         live_allocations: records.live_allocations,
-        max_frames: settings.max_frames,
-        min_age: settings.min_age,
+        max_frames: settings.options.max_frames,
+        min_age: settings.options.min_age,
     };
     let mut build = |raw: &[(RawSample, u32)], view: MemView| {
         let kept: Vec<&(RawSample, u32)> = raw.iter().filter(|(s, _)| keep(s)).collect();

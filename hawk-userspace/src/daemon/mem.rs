@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::collector::CollectorError;
 use crate::collector::mem::{MemConfig, MemTracer, monotonic_ns};
 use crate::collector::procs::{self, ProcessTable};
-use crate::correlate::mem::{MemProfiles, MemSettings, build_mem_profiles};
+use crate::correlate::mem::{MemOptions, MemProfiles, mem_profiles};
 use crate::profile::{MemView, Metadata, Profile, ProfileKind};
 use crate::symbolize::Symbolizer;
 
@@ -106,30 +106,28 @@ pub fn run(
     tracer
         .poll(&mut procs, &mut symbolizer, |_| true)
         .map_err(MemError::Collector)?;
-    let records = tracer
-        .read(window.min_age, end_ns, window.frames)
-        .map_err(MemError::Collector)?;
-    let kstats = tracer.kernel_stats().map_err(MemError::Collector)?;
     let mut metadata = Metadata::new(ProfileKind::Mem, tracer.started(), end);
     metadata.target_pids = window.pids.clone();
-    metadata.stats.unmapped_processes = tracer.unmapped_processes() as u64;
-    let settings = MemSettings {
-        source: tracer.source(),
+    let options = MemOptions {
         max_frames: window.frames,
         min_age: window.min_age,
     };
-    let MemProfiles {
-        outstanding,
-        allocated,
-    } = build_mem_profiles(
-        &records,
-        &kstats,
-        settings,
+    let (
+        MemProfiles {
+            outstanding,
+            allocated,
+        },
+        _,
+    ) = mem_profiles(
+        &tracer,
+        end_ns,
+        options,
         &mut symbolizer,
         &procs,
         metadata,
         |_| true,
-    );
+    )
+    .map_err(MemError::Collector)?;
     Ok(match window.view {
         MemView::Outstanding => outstanding,
         MemView::Allocated => allocated,

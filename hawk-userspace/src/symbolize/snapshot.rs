@@ -11,6 +11,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::collector::procs::executable_mappings;
+
 /// One executable mapping of a file.
 #[derive(Debug)]
 pub struct Mapping {
@@ -49,41 +51,16 @@ impl MapsSnapshot {
     /// opening each path once with `open`.
     pub fn parse(maps: &str, mut open: impl FnMut(&Path) -> Option<Arc<File>>) -> Self {
         let mut mappings: Vec<Mapping> = Vec::new();
-        for line in maps.lines() {
-            // start-end perms offset dev inode path
-            let mut fields = line.split_whitespace();
-            let (Some(range), Some(perms), Some(offset), Some(_), Some(inode)) = (
-                fields.next(),
-                fields.next(),
-                fields.next(),
-                fields.next(),
-                fields.next(),
-            ) else {
-                continue;
-            };
-            let path = fields.collect::<Vec<_>>().join(" ");
-            if !perms.contains('x') || inode == "0" || !path.starts_with('/') {
-                continue;
-            }
-            let Some((start, end)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(start), Ok(end), Ok(file_offset)) = (
-                u64::from_str_radix(start, 16),
-                u64::from_str_radix(end, 16),
-                u64::from_str_radix(offset, 16),
-            ) else {
-                continue;
-            };
-            let path = PathBuf::from(path.trim_end_matches(" (deleted)"));
-            let file = match mappings.iter().find(|m| m.path == path) {
-                Some(m) => m.file.clone(),
+        for m in executable_mappings(maps) {
+            let path = PathBuf::from(m.path.trim_end_matches(" (deleted)"));
+            let file = match mappings.iter().find(|known| known.path == path) {
+                Some(known) => known.file.clone(),
                 None => open(&path),
             };
             mappings.push(Mapping {
-                start,
-                end,
-                file_offset,
+                start: m.start,
+                end: m.end,
+                file_offset: m.file_offset,
                 path,
                 file,
             });

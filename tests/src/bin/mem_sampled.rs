@@ -11,6 +11,8 @@
 //!   step a realloc), kept.
 //!
 //! It then prints the truth (`leaked`, `churned`, `grown`, `live` bytes),
+//! how many allocations it reported (`leak_samples` in `leak_memory`,
+//! `samples` in all, `skipped` when the sampled-block table was full),
 //! `done`, and waits for another line (at end of file, 1.5 s).
 //!
 //! The mean sampling interval is 512 KiB (the default) unless
@@ -109,13 +111,18 @@ fn main() {
         return;
     }
 
+    let reported_before = ALLOC.reported_samples();
     let leaked = leak_memory();
+    let leak_samples = ALLOC.reported_samples() - reported_before;
     let churned = churn_memory();
     let buffer = grow_buffer();
     writeln!(out, "leaked {leaked}").unwrap();
     writeln!(out, "churned {churned}").unwrap();
     writeln!(out, "grown {}", buffer.capacity()).unwrap();
     writeln!(out, "live {}", leaked + buffer.capacity()).unwrap();
+    writeln!(out, "leak_samples {leak_samples}").unwrap();
+    writeln!(out, "samples {}", ALLOC.reported_samples()).unwrap();
+    writeln!(out, "skipped {}", ALLOC.skipped_samples()).unwrap();
     writeln!(out, "done").unwrap();
     out.flush().unwrap();
     if !wait_for_line() {
