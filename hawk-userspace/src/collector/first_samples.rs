@@ -6,9 +6,11 @@
 //! thread of its own waits on that buffer and reads the process's maps
 //! (opening each mapped file) within about a millisecond, long before the
 //! next poll of the collector, by which time a shell pipeline or a short
-//! compiler run has exited. A process is read again at a later event when
-//! its last read is older than [`REREAD_AFTER`]: its first sample may come
-//! before the dynamic loader mapped its libraries. The poll hands the snapshots to the symbolizer
+//! compiler run has exited. A process is read again at a later event, its
+//! first sample may come before the dynamic loader mapped its libraries:
+//! [`REREAD_AFTER`] after the first read, then at doubling intervals (a
+//! long-lived process's maps rarely change, and the daemon's drains make
+//! new keys all the time). The poll hands the snapshots to the symbolizer
 //! ([`crate::symbolize::Symbolizer::add_snapshot`]), which falls back on
 //! them for processes that are gone.
 
@@ -29,8 +31,24 @@ use crate::symbolize::MapsSnapshot;
 
 /// How long the thread waits for an event before looking at the stop flag.
 const WAIT_MS: i32 = 100;
-/// A process's maps are read again after this long, at its next event.
+/// A process's maps are read again this long after the first read, at its
+/// next event; the interval then doubles with each read.
 pub const REREAD_AFTER: Duration = Duration::from_millis(20);
+
+/// When a process was first read, and last read.
+#[derive(Clone, Copy)]
+struct Reads {
+    first: Instant,
+    last: Instant,
+}
+
+impl Reads {
+    /// Whether it is time to read again at `now`.
+    fn due(&self, now: Instant) -> bool {
+        let interval = REREAD_AFTER.max(self.last.duration_since(self.first));
+        now.duration_since(self.last) >= interval
+    }
+}
 /// Pids remembered with the time of their last read; beyond this the
 /// oldest half is forgotten.
 const MAX_REMEMBERED: usize = 65_536;
@@ -85,7 +103,7 @@ impl Drop for MapsWatcher {
 
 fn watch(mut ring: RingBuf<MapData>, tx: &mpsc::Sender<(u32, MapsSnapshot)>, stop: &AtomicBool) {
     let me = std::process::id();
-    let mut read: HashMap<u32, Instant> = HashMap::new();
+    let mut read: HashMap<u32, Reads> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let mut pfd = libc::pollfd {
             fd: ring.as_raw_fd(),
@@ -104,25 +122,46 @@ fn watch(mut ring: RingBuf<MapData>, tx: &mpsc::Sender<(u32, MapsSnapshot)>, sto
         pids.dedup();
         let now = Instant::now();
         if read.len() >= MAX_REMEMBERED {
-            let mut times: Vec<Instant> = read.values().copied().collect();
+            let mut times: Vec<Instant> = read.values().map(|r| r.last).collect();
             let (_, median, _) = times.select_nth_unstable(read.len() / 2);
             let median = *median;
-            read.retain(|_, at| *at > median);
+            read.retain(|_, r| r.last > median);
         }
         for pid in pids {
-            if pid == me
-                || read
-                    .get(&pid)
-                    .is_some_and(|at| now.duration_since(*at) < REREAD_AFTER)
-            {
+            if pid == me || read.get(&pid).is_some_and(|r| !r.due(now)) {
                 continue;
             }
-            read.insert(pid, now);
+            let first = read.get(&pid).map_or(now, |r| r.first);
+            read.insert(pid, Reads { first, last: now });
             if let Some(snapshot) = MapsSnapshot::read(pid)
                 && tx.send((pid, snapshot)).is_err()
             {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_again_at_doubling_intervals() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let fresh = Reads {
+            first: t0,
+            last: t0,
+        };
+        assert!(!fresh.due(t0 + ms(10)));
+        assert!(fresh.due(t0 + ms(20)));
+        // Last read 1 s after the first: next one 1 s later.
+        let older = Reads {
+            first: t0,
+            last: t0 + ms(1000),
+        };
+        assert!(!older.due(t0 + ms(1900)));
+        assert!(older.due(t0 + ms(2000)));
     }
 }
