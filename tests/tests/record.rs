@@ -14,11 +14,22 @@ fn has(frames: &[&str], name: &str) -> bool {
     frames.contains(&name)
 }
 
-/// Asserts the 3:1 split of `cpu_split` in a Hawk JSON profile: the share of
-/// `hot_three_quarters` is 3/4 within 3 % (the workload's own imprecision)
-/// plus 3.5 standard deviations of a binomial share over the samples taken
-/// (the test machine may be busy, and fewer samples are noisier).
+/// Asserts the 3:1 split of `cpu_split` in a Hawk JSON profile
+/// ([`assert_ratio`]) and that every stack is rooted at its process.
 fn assert_three_to_one(json: &serde_json::Value) {
+    assert_ratio(json);
+    // Every stack is rooted at the process.
+    for entry in json["stats"].as_array().unwrap() {
+        let root = entry["frames"][0].as_str().unwrap();
+        assert!(root.starts_with("cpu_split ("), "root frame {root:?}");
+    }
+}
+
+/// The share of `hot_three_quarters` in the samples of the two hot
+/// functions is 3/4 within 3 % (the workload's own imprecision) plus 3.5
+/// standard deviations of a binomial share over the samples taken (the test
+/// machine may be busy, and fewer samples are noisier).
+fn assert_ratio(json: &serde_json::Value) {
     let three = weight_where(json, |f| has(f, "hot_three_quarters"));
     let one = weight_where(json, |f| has(f, "hot_one_quarter"));
     let n = three + one;
@@ -31,11 +42,6 @@ fn assert_three_to_one(json: &serde_json::Value) {
         share * 100.0,
         tolerance * 100.0
     );
-    // Every stack is rooted at the process.
-    for entry in json["stats"].as_array().unwrap() {
-        let root = entry["frames"][0].as_str().unwrap();
-        assert!(root.starts_with("cpu_split ("), "root frame {root:?}");
-    }
 }
 
 #[test]
@@ -154,19 +160,25 @@ fn short_lived_processes_get_named_frames() {
     let json = read_json(&find_output(&out, ".json"));
     let workload = |f: &[&str]| f[0].starts_with("cpu_split (");
     let total = weight_where(&json, workload);
-    let named = weight_where(&json, |f| {
-        workload(f) && (has(f, "hot_three_quarters") || has(f, "hot_one_quarter"))
+    let unnamed = weight_where(&json, |f| {
+        workload(f) && f.iter().any(|name| name.starts_with("[unknown]"))
     });
+    let hot = weight_where(&json, |f| workload(f) && has(f, "hot_three_quarters"));
     let pids = pids_where(&json, workload);
     assert!(
         pids.len() >= 10,
         "{} processes sampled: {stderr}",
         pids.len()
     );
-    // Before snapshots, about one sample in ten had its functions named.
+    // Before snapshots, nine samples in ten had unnamed frames.
     assert!(
-        named * 10 >= total * 7,
-        "{named} of {total} samples name the workload's functions"
+        unnamed * 10 <= total,
+        "{unnamed} of {total} samples have frames without a name"
+    );
+    // (Under emulation, start-up is a larger share of each short life.)
+    assert!(
+        hot * 3 >= total,
+        "{hot} of {total} samples in hot_three_quarters"
     );
 }
 
@@ -181,7 +193,8 @@ fn record_command_follows_the_processes_it_forks() {
     let json = read_json(&find_output(&out, ".json"));
     let pids_with_work = pids_where(&json, |f| has(f, "hot_three_quarters"));
     assert_eq!(pids_with_work.len(), 2, "{stderr}\n{json:#}");
-    assert_three_to_one(&json);
+    // The shell (and each child before its exec) has a few samples too.
+    assert_ratio(&json);
 }
 
 #[test]
