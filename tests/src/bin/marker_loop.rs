@@ -11,6 +11,12 @@
 //!   guard N times (two marker calls each, plus the shim's per-thread
 //!   stack), and prints `ns_per_guard <n>` (per set + drop).
 //!
+//! Before the loops and again after them it prints `marker_probed 1` when a
+//! uprobe sits on the marker (x86-64: the marker's first byte, a `nop`, is
+//! an `int3`), else `marker_probed 0`, so that a "no profiler" run on a
+//! machine where some other Hawk attaches to every shimmed program can be
+//! told (and stopped early).
+//!
 //! The trace id it publishes is `BENCH_TRACE_ID`, which no benchmark
 //! captures: a profiler attached to the marker records every call but never
 //! opens a window for it.
@@ -54,6 +60,19 @@ fn guard(n: u64) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
+/// Whether a uprobe is on the marker: the kernel writes its breakpoint into
+/// this process's copy of the code, so the process sees it.
+fn marker_probed() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let marker = hawk_trace_context_set as extern "C" fn(u64, u64, u64, u64) as *const u8;
+        // SAFETY: reading the first byte of a function of this program.
+        unsafe { std::ptr::read_volatile(marker) == 0xcc }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: u64 = match args.as_slice() {
@@ -69,8 +88,10 @@ fn main() {
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
 
+    writeln!(out, "marker_probed {}", u8::from(marker_probed())).unwrap();
     let per_call = raw_marker(n);
     writeln!(out, "ns_per_call {per_call:.2}").unwrap();
     let per_guard = guard(n);
     writeln!(out, "ns_per_guard {per_guard:.2}").unwrap();
+    writeln!(out, "marker_probed {}", u8::from(marker_probed())).unwrap();
 }

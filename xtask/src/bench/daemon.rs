@@ -122,7 +122,7 @@ impl Bench {
 
         let pid = daemon.id();
         let started = Instant::now();
-        let mut points: Vec<(f64, u64, u64, u64)> = Vec::new();
+        let mut points: Vec<Point> = Vec::new();
         let result = (|| -> Result<()> {
             for i in 0..=secs / every {
                 let at = started + Duration::from_secs(i * every);
@@ -130,7 +130,17 @@ impl Bench {
                 let Some((total, anon, file)) = rss_kib(pid) else {
                     bail!("the daemon exited");
                 };
-                points.push((started.elapsed().as_secs_f64(), total, anon, file));
+                let t = started.elapsed().as_secs_f64();
+                let metrics = http_get(addr, "/metrics", &[])
+                    .map(|(_, body)| body)
+                    .unwrap_or_default();
+                points.push(Point {
+                    t,
+                    total,
+                    anon,
+                    file,
+                    modules: gauge(&metrics, "hawk_symbolizer_modules"),
+                });
             }
             Ok(())
         })();
@@ -146,30 +156,38 @@ impl Bench {
         result?;
 
         let mib = |kib: u64| kib as f64 / 1024.0;
-        let first = points.first().copied().context("no RSS sample")?;
-        let last = points.last().copied().context("no RSS sample")?;
-        let peak = |f: fn(&(f64, u64, u64, u64)) -> u64| points.iter().map(f).max().unwrap_or(0);
+        let first = points.first().context("no RSS sample")?;
+        let last = points.last().context("no RSS sample")?;
+        let peak = |f: fn(&Point) -> u64| points.iter().map(f).max().unwrap_or(0);
+        for (name, f) in [
+            ("RSS MiB      ", (|p| p.total) as fn(&Point) -> u64),
+            ("  anonymous  ", |p| p.anon),
+            ("  file-backed", |p| p.file),
+        ] {
+            println!(
+                "{name}  start {:>7.1}  end {:>7.1}  peak {:>7.1}",
+                mib(f(first)),
+                mib(f(last)),
+                mib(peak(f))
+            );
+        }
         println!(
-            "RSS MiB        start {:>7.1}  end {:>7.1}  peak {:>7.1}",
-            mib(first.1),
-            mib(last.1),
-            mib(peak(|p| p.1))
-        );
-        println!(
-            "  anonymous    start {:>7.1}  end {:>7.1}  peak {:>7.1}",
-            mib(first.2),
-            mib(last.2),
-            mib(peak(|p| p.2))
-        );
-        println!(
-            "  file-backed  start {:>7.1}  end {:>7.1}  peak {:>7.1}",
-            mib(first.3),
-            mib(last.3),
-            mib(peak(|p| p.3))
+            "  series (s: total/anonymous MiB, binaries the symbolizer holds): {}",
+            points
+                .iter()
+                .map(|p| format!(
+                    "{:.0}: {:.0}/{:.0} {}",
+                    p.t,
+                    mib(p.total),
+                    mib(p.anon),
+                    p.modules.map_or("?".into(), |m| format!("{m:.0}"))
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let warm = (retention + every) as f64;
-        let steady: Vec<_> = points.iter().filter(|p| p.0 >= warm).collect();
-        let xs: Vec<f64> = steady.iter().map(|p| p.0).collect();
+        let steady: Vec<&Point> = points.iter().filter(|p| p.t >= warm).collect();
+        let xs: Vec<f64> = steady.iter().map(|p| p.t).collect();
         let per_hour = |ys: Vec<f64>| {
             slope(&xs, &ys).map_or("n/a".to_string(), |s| {
                 format!("{:+.1} MiB/h", s * 3600.0 / 1024.0)
@@ -180,24 +198,38 @@ impl Bench {
              RSS {}, anonymous {}",
             steady.len(),
             xs.last().unwrap_or(&0.0) - xs.first().unwrap_or(&0.0),
-            per_hour(steady.iter().map(|p| p.1 as f64).collect()),
-            per_hour(steady.iter().map(|p| p.2 as f64).collect()),
+            per_hour(steady.iter().map(|p| p.total as f64).collect()),
+            per_hour(steady.iter().map(|p| p.anon as f64).collect()),
         );
-        let gauge = |name: &str| {
-            metrics
-                .lines()
-                .find(|l| l.split_whitespace().next() == Some(name))
-                .and_then(|l| l.split_whitespace().last())
-                .and_then(|v| v.parse::<f64>().ok())
-        };
         println!(
             "background: {} traced requests; daemon's /metrics at the end: {} traces held, \
              store {:.0} KiB, {} samples",
             requests.load(Ordering::Relaxed),
-            gauge("hawk_traces_held").map_or("?".into(), |v| format!("{v:.0}")),
-            gauge("hawk_store_bytes").map_or(f64::NAN, |v| v / 1024.0),
-            gauge("hawk_samples_total").map_or("?".into(), |v| format!("{v:.0}")),
+            gauge(&metrics, "hawk_traces_held").map_or("?".into(), |v| format!("{v:.0}")),
+            gauge(&metrics, "hawk_store_bytes").map_or(f64::NAN, |v| v / 1024.0),
+            gauge(&metrics, "hawk_samples_total").map_or("?".into(), |v| format!("{v:.0}")),
         );
         Ok(())
     }
+}
+
+/// One reading of the daemon's memory.
+struct Point {
+    /// Seconds since the daemon was ready.
+    t: f64,
+    /// Resident KiB: all, anonymous, file-backed.
+    total: u64,
+    anon: u64,
+    file: u64,
+    /// Binaries its symbolizer holds (`hawk_symbolizer_modules`).
+    modules: Option<f64>,
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
 }

@@ -39,6 +39,15 @@ pub struct Row {
     pub workload: &'static str,
     pub n: u64,
     pub attach: Attach,
+    /// The workload says `marker_probed 0|1` before and after its loops
+    /// (marker_loop): runs where that differs from what `attach` implies
+    /// are dropped (no profiler) or fail (the uprobe did not attach).
+    pub marker: bool,
+}
+
+/// Whether `attach` puts a uprobe on the shim's marker.
+fn expected_probe(attach: &Attach) -> bool {
+    matches!(attach, Attach::HawkTraceUprobe)
 }
 
 /// A trace id no workload publishes (`capture` waits for it forever).
@@ -58,11 +67,11 @@ impl Bench {
         let memleak = Attach::Memleak(self.memleak_source.clone());
         #[rustfmt::skip]
         let rows = [
-            Row { label: "no profiler", workload: "mem_workload", n: fast, attach: Attach::None },
-            Row { label: "hawk-ebpf record --mem (libc uprobes)", workload: "mem_workload", n: slow, attach: Attach::HawkMem },
-            Row { label: "memleak-bpfcc -p", workload: "mem_workload", n: slowest, attach: memleak },
-            Row { label: "mem_sampled, no profiler", workload: "mem_sampled", n: fast, attach: Attach::None },
-            Row { label: "mem_sampled, record --mem (mode 2)", workload: "mem_sampled", n: fast, attach: Attach::HawkMem },
+            Row { label: "no profiler", workload: "mem_workload", n: fast, attach: Attach::None, marker: false },
+            Row { label: "hawk-ebpf record --mem (libc uprobes)", workload: "mem_workload", n: slow, attach: Attach::HawkMem, marker: false },
+            Row { label: "memleak-bpfcc -p", workload: "mem_workload", n: slowest, attach: memleak, marker: false },
+            Row { label: "mem_sampled, no profiler", workload: "mem_sampled", n: fast, attach: Attach::None, marker: false },
+            Row { label: "mem_sampled, record --mem (mode 2)", workload: "mem_sampled", n: fast, attach: Attach::HawkMem, marker: false },
         ];
         println!(
             "\n== 6. memory profiling: malloc(64)+free loop, ns per pair, {rounds} interleaved rounds \
@@ -82,8 +91,8 @@ impl Bench {
         };
         #[rustfmt::skip]
         let rows = [
-            Row { label: "no profiler", workload: "marker_loop", n: fast, attach: Attach::None },
-            Row { label: "hawk-ebpf capture (trace-context uprobe)", workload: "marker_loop", n: slow, attach: Attach::HawkTraceUprobe },
+            Row { label: "no profiler", workload: "marker_loop", n: fast, attach: Attach::None, marker: true },
+            Row { label: "hawk-ebpf capture (trace-context uprobe)", workload: "marker_loop", n: slow, attach: Attach::HawkTraceUprobe, marker: true },
         ];
         println!(
             "\n== 7. shim marker: ns per marker call (ns_per_call) and per guard set + drop \
@@ -148,8 +157,9 @@ impl Bench {
         }))
     }
 
-    /// One run of `row`: the workload's `keys` values, in ns.
-    fn run_row(&self, row: &Row, keys: &[&str], out: &Path) -> Result<Vec<f64>> {
+    /// One run of `row`: the workload's `keys` values, in ns; `None` when a
+    /// run without a profiler found a uprobe on its marker all the same.
+    fn run_row(&self, row: &Row, keys: &[&str], out: &Path) -> Result<Option<Vec<f64>>> {
         let program = self.target.join(row.workload);
         let mut work = Gated::start(&program, &["bench".into(), row.n.to_string()])?;
         let profiler = match self.attach(&row.attach, work.pid(), out) {
@@ -160,15 +170,35 @@ impl Bench {
             }
         };
         work.go()?;
-        let values = keys
-            .iter()
-            .map(|k| work.value(k))
-            .collect::<Result<Vec<_>>>();
-        work.finish();
+        let expected = expected_probe(&row.attach);
+        let result = (|| -> Result<Option<Vec<f64>>> {
+            // marker_loop says whether a uprobe is on its marker, before and
+            // after its loops. On a run meant to have none, some other
+            // profiler on this machine attached to it: stop there.
+            if row.marker && (work.value("marker_probed")? != 0.0) != expected {
+                return Ok(None);
+            }
+            let values = keys
+                .iter()
+                .map(|k| work.value(k))
+                .collect::<Result<Vec<_>>>()?;
+            if row.marker && (work.value("marker_probed")? != 0.0) != expected {
+                return Ok(None);
+            }
+            Ok(Some(values))
+        })();
+        match result {
+            Ok(Some(_)) => work.finish(),
+            _ => work.abort(),
+        }
         if let Some(p) = profiler {
             p.stop(Duration::from_secs(20));
         }
-        values.with_context(|| format!("{} under {}", row.workload, row.label))
+        let values = result.with_context(|| format!("{} under {}", row.workload, row.label))?;
+        if values.is_none() && expected {
+            anyhow::bail!("the trace-context uprobe was not on the marker");
+        }
+        Ok(values)
     }
 
     /// Runs `rows` interleaved for `rounds` rounds and prints, for each of
@@ -185,15 +215,26 @@ impl Bench {
         // values[row][key] = one per round
         let mut values: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); keys.len()]; rows.len()];
         let mut skipped: Vec<Option<String>> = rows.iter().map(|r| self.unavailable(r)).collect();
+        let mut foreign = vec![0; rows.len()];
         for _ in 0..rounds {
             for (i, row) in rows.iter().enumerate() {
                 if skipped[i].is_some() {
                     continue;
                 }
                 match self.run_row(row, keys, &out) {
-                    Ok(v) => v.iter().zip(&mut values[i]).for_each(|(v, s)| s.push(*v)),
+                    Ok(Some(v)) => v.iter().zip(&mut values[i]).for_each(|(v, s)| s.push(*v)),
+                    Ok(None) => foreign[i] += 1,
                     Err(e) => skipped[i] = Some(format!("failed: {e:#}")),
                 }
+            }
+        }
+        for (i, row) in rows.iter().enumerate() {
+            if foreign[i] > 0 {
+                println!(
+                    "{}: {} of {rounds} runs dropped: another program's uprobe was on the marker \
+                     (a Hawk daemon or capture running on this machine?)",
+                    row.label, foreign[i]
+                );
             }
         }
         let _ = std::fs::remove_dir_all(&out);

@@ -66,12 +66,18 @@ enum Sampler {
     BpftraceEmpty(u64),
     /// `bpftrace -e 'profile:hz:N { @n = count(); }'`: one map update.
     BpftraceCount(u64),
+    /// `bpftrace -e 'profile:hz:N { @[pid, ustack, kstack] = count(); }'`:
+    /// what a standard tool pays for Hawk's job.
+    BpftraceStacks(u64),
 }
 
 impl Sampler {
     fn hz(&self) -> u64 {
         match self {
-            Sampler::Hawk(hz) | Sampler::BpftraceEmpty(hz) | Sampler::BpftraceCount(hz) => *hz,
+            Sampler::Hawk(hz)
+            | Sampler::BpftraceEmpty(hz)
+            | Sampler::BpftraceCount(hz)
+            | Sampler::BpftraceStacks(hz) => *hz,
         }
     }
 
@@ -80,6 +86,7 @@ impl Sampler {
             Sampler::Hawk(_) => "hawk_cpu_sample",
             Sampler::BpftraceEmpty(_) => "bpftrace, empty program",
             Sampler::BpftraceCount(_) => "bpftrace, @n = count()",
+            Sampler::BpftraceStacks(_) => "bpftrace, @[pid,ustack,kstack]=count()",
         }
     }
 }
@@ -117,6 +124,14 @@ fn wait_usage(child: &mut Child, started: Instant) -> Result<(i32, Usage)> {
             max_rss_kib: ru.ru_maxrss as u64,
         },
     ))
+}
+
+/// The load averages (1, 5, 15 min) of /proc/loadavg: how busy the rest of
+/// the machine was.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// Median and (min, max) of `xs`.
@@ -310,6 +325,7 @@ impl Bench {
         }
         let (base_wall, _, _) = stats(&wall[0]);
         let (base_cpu, _, _) = stats(&cpu[0]);
+        println!("load average at the end: {}", loadavg());
         println!(
             "{:<26} {:>9} {:>17} {:>9} {:>9} {:>9}",
             "configuration", "wall s", "(min-max)", "wall x", "cpu s", "cpu x"
@@ -345,6 +361,7 @@ impl Bench {
                 if self.bpftrace {
                     runs.push((Sampler::BpftraceEmpty(hz), cpus));
                     runs.push((Sampler::BpftraceCount(hz), cpus));
+                    runs.push((Sampler::BpftraceStacks(hz), cpus));
                 }
             }
         }
@@ -397,14 +414,15 @@ impl Bench {
         })();
         let _ = fs::write(knob, before.trim());
         result?;
+        println!("load average at the end: {}", loadavg());
         println!(
-            "{:>7}  {:<34} {:>11} {:>9} {:>9} {:>15}",
+            "{:>7}  {:<40} {:>11} {:>9} {:>9} {:>15}",
             "rate", "program", "busy CPUs", "runs", "µs/run", "(min-max)"
         );
         for (i, (sampler, busy)) in runs.iter().enumerate() {
             let (m, lo, hi) = stats(&per_run[i]);
             println!(
-                "{:>4} Hz  {:<34} {:>11} {:>9} {:>9.2} {:>15}",
+                "{:>4} Hz  {:<40} {:>11} {:>9} {:>9.2} {:>15}",
                 sampler.hz(),
                 sampler.label(),
                 format!("{busy} of {cpus}"),
@@ -430,12 +448,15 @@ impl Bench {
                 Duration::from_millis(300),
                 timeout,
             ),
-            Sampler::BpftraceEmpty(hz) | Sampler::BpftraceCount(hz) => spawn_ready(
+            Sampler::BpftraceEmpty(hz)
+            | Sampler::BpftraceCount(hz)
+            | Sampler::BpftraceStacks(hz) => spawn_ready(
                 Command::new("bpftrace").args([
                     "-e",
                     &match sampler {
                         Sampler::BpftraceEmpty(_) => format!("profile:hz:{hz} {{ $x = 1; }}"),
-                        _ => format!("profile:hz:{hz} {{ @n = count(); }}"),
+                        Sampler::BpftraceCount(_) => format!("profile:hz:{hz} {{ @n = count(); }}"),
+                        _ => format!("profile:hz:{hz} {{ @[pid, ustack, kstack] = count(); }}"),
                     },
                 ]),
                 // "Attaching 1 probe..." comes just before it attaches.

@@ -105,12 +105,15 @@ pub fn spawn_ready(
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            let said = lines.lock().unwrap().join("\n");
+            let said = {
+                let lines = lines.lock().unwrap();
+                lines[lines.len().saturating_sub(5)..].join("\n")
+            };
             let why = match e {
                 mpsc::RecvTimeoutError::Timeout => format!("not ready after {timeout:?}"),
                 mpsc::RecvTimeoutError::Disconnected => "exited".to_string(),
             };
-            bail!("{program} {why} (waiting for {needle:?}); it said:\n{said}")
+            bail!("{program} {why} (waiting for {needle:?}); its last lines:\n{said}")
         }
     }
 }
@@ -194,6 +197,11 @@ impl Gated {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        self.kill();
+    }
+
+    /// Kills it, done or not.
+    pub fn abort(mut self) {
         self.kill();
     }
 
