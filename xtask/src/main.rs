@@ -5,7 +5,7 @@
 //! - `build`: setup, then builds every binary of the workspace;
 //! - `run -- ARGS…`: setup, builds the binaries (release) and runs `hawk-ebpf`;
 //! - `test -- ARGS…`: setup, then fmt, clippy, build and every test (root);
-//! - `bench [--quick]`: overhead and latency measurements (see [`bench`]);
+//! - `bench [--quick] [--only LIST]`: the measurements of BENCHMARKS.md (see [`bench`]);
 //! - `vm-test [--kernel …] -- ARGS…`: the integration tests inside Debian
 //!   kernels booted with QEMU (see [`vm`]).
 //!

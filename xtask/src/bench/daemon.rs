@@ -11,7 +11,8 @@
 //! rolling window and the trace store reach their steady size within the
 //! run: growth after that is what an hour would add. The slope is a least
 //! squares fit over the samples taken after the retention (plus one sample
-//! interval) and is extrapolated to an hour.
+//! interval) and is extrapolated to an hour. `HAWK_BENCH_DAEMON_SECS=600`
+//! runs longer.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -26,11 +27,17 @@ use super::proc::{Says, free_port, http_get, rss_kib, slope, spawn_ready};
 
 impl Bench {
     pub fn daemon_memory(&self) -> Result<()> {
-        let (secs, every, retention) = if self.quick {
+        let (mut secs, every, retention) = if self.quick {
             (30u64, 3u64, 10u64)
         } else {
             (150, 5, 60)
         };
+        if let Some(s) = std::env::var("HAWK_BENCH_DAEMON_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            secs = s;
+        }
         println!(
             "\n== 4. daemon memory: hawk-ebpf daemon at 19 Hz for {secs} s (--retention {retention}s), \
              RSS every {every} s; traced_service at 10 requests/s, a short process every second"

@@ -278,9 +278,9 @@ impl Bench {
 /// Where bcc finds kernel headers for `memleak-bpfcc`: `Ok(None)` when it
 /// finds them by itself (`/lib/modules/<release>/build`, or
 /// `BCC_KERNEL_SOURCE` set), `Ok(Some(dir))` for a tree assembled under
-/// `scratch` from the Debian headers package of another kernel, `Err(why)`
+/// `cache` from the Debian headers package of another kernel, `Err(why)`
 /// when memleak cannot run.
-pub fn memleak_kernel_source(scratch: &Path) -> std::result::Result<Option<PathBuf>, String> {
+pub fn memleak_kernel_source(cache: &Path) -> std::result::Result<Option<PathBuf>, String> {
     if crate::cmd::probe(Command::new("which").arg("memleak-bpfcc")).is_none() {
         return Err("not installed (apt-get install bpfcc-tools)".into());
     }
@@ -315,7 +315,16 @@ pub fn memleak_kernel_source(scratch: &Path) -> std::result::Result<Option<PathB
         if !arch.is_dir() {
             continue;
         }
-        let tree = scratch.join("bcc-kernel");
+        // Kept between runs: linking 20 000 files takes seconds.
+        let tree = cache.join(format!(
+            "bcc-kernel-{}",
+            arch.file_name().unwrap().to_string_lossy()
+        ));
+        let done = tree.join(".complete");
+        if done.exists() {
+            return Ok(Some(tree));
+        }
+        let _ = std::fs::remove_dir_all(&tree);
         let merged = std::fs::create_dir_all(&tree).is_ok()
             && [common, &arch].iter().all(|src| {
                 Command::new("cp")
@@ -324,7 +333,8 @@ pub fn memleak_kernel_source(scratch: &Path) -> std::result::Result<Option<PathB
                     .arg(&tree)
                     .status()
                     .is_ok_and(|s| s.success())
-            });
+            })
+            && std::fs::write(&done, b"").is_ok();
         if merged {
             return Ok(Some(tree));
         }

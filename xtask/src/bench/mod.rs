@@ -152,6 +152,9 @@ fn stats(xs: &[f64]) -> (f64, f64, f64) {
     )
 }
 
+/// One section of the bench (BENCHMARKS.md's numbering).
+type Section = fn(&Bench) -> Result<()>;
+
 struct Bench {
     /// `target/release`, absolute.
     target: PathBuf,
@@ -191,7 +194,7 @@ pub fn bench(quick: bool, only: &[u8]) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("hawk-bench-{}", std::process::id()));
     fs::create_dir_all(&scratch)?;
     let (memleak_source, memleak_blocker) = match run(6) {
-        true => match gated::memleak_kernel_source(&scratch) {
+        true => match gated::memleak_kernel_source(&target.with_file_name("bench-cache")) {
             Ok(source) => (source, None),
             Err(why) => (None, Some(why)),
         },
@@ -209,23 +212,20 @@ pub fn bench(quick: bool, only: &[u8]) -> Result<()> {
         memleak_blocker,
     };
     let result = (|| {
-        if run(1) {
-            b.overhead()?;
-        }
-        if run(2) {
-            b.bpf_cost()?;
-        }
-        if run(3) || run(4) {
-            b.end_to_end()?;
-        }
-        if run(4) {
-            b.daemon_memory()?;
-        }
-        if run(6) {
-            b.mem_profiling()?;
-        }
-        if run(7) {
-            b.shim_marker()?;
+        let sections: [(&[u8], Section); 6] = [
+            (&[1], Bench::overhead),
+            (&[2], Bench::bpf_cost),
+            (&[3, 4], Bench::end_to_end),
+            (&[4], Bench::daemon_memory),
+            (&[6], Bench::mem_profiling),
+            (&[7], Bench::shim_marker),
+        ];
+        for (numbers, section) in sections {
+            if numbers.iter().any(|&n| run(n)) {
+                let started = Instant::now();
+                section(&b)?;
+                println!("({:.0} s)", started.elapsed().as_secs_f64());
+            }
         }
         if !quick && run(5) {
             cmd::run(Command::new("cargo").args(["bench", "-p", "hawk-userspace"]))?;
@@ -253,7 +253,7 @@ impl Bench {
             Profiler::Hawk(hz) => {
                 // It says "sampling …" once its programs are attached; its
                 // first polls (reading /proc, symbolizing what is running)
-                // are over a second later, before the workload starts.
+                // follow at once: wait them out before the workload starts.
                 let ready = spawn_ready(
                     Command::new(&self.hawk)
                         .args(["record", "--duration", "1h", "--freq", &hz.to_string()])
@@ -261,7 +261,7 @@ impl Bench {
                         .arg(out),
                     Says::Stderr,
                     "sampling",
-                    Duration::from_millis(1200),
+                    Duration::from_millis(if self.quick { 700 } else { 1200 }),
                     Duration::from_secs(60),
                 )?;
                 Ok(Some(ready.child))
@@ -277,7 +277,7 @@ impl Bench {
                     .with_context(|| format!("starting {}", p.label()))?;
                 // perf says nothing when it starts; it has opened its events
                 // and synthesized the running processes well within this.
-                std::thread::sleep(Duration::from_millis(1500));
+                std::thread::sleep(Duration::from_millis(if self.quick { 1000 } else { 1500 }));
                 Ok(Some(child))
             }
         }
@@ -286,14 +286,16 @@ impl Bench {
     fn overhead(&self) -> Result<()> {
         let rounds = if self.quick { 3 } else { 7 };
         let steps = if self.quick { "700" } else { "2000" };
-        let mut configs = vec![
-            Profiler::None,
-            Profiler::Hawk(19),
-            Profiler::Hawk(99),
-            Profiler::Hawk(999),
-        ];
+        // 19 Hz gives 15 samples in the quick run's 0.8 s: nothing to see.
+        let rates: &[u64] = if self.quick {
+            &[99, 999]
+        } else {
+            &[19, 99, 999]
+        };
+        let mut configs = vec![Profiler::None];
+        configs.extend(rates.iter().map(|&hz| Profiler::Hawk(hz)));
         if self.perf {
-            configs.extend([Profiler::Perf(19), Profiler::Perf(99), Profiler::Perf(999)]);
+            configs.extend(rates.iter().map(|&hz| Profiler::Perf(hz)));
         }
         let mut wall: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
