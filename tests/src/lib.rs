@@ -7,6 +7,26 @@
 
 pub mod http;
 
+/// The stdin gate of the workload binaries (`mem_workload`, `mem_sampled`).
+pub mod gate {
+    use std::io::{BufRead as _, Write as _};
+
+    /// Prints `ready <pid>` on stdout, then waits for a line on stdin (or
+    /// end of file), so that a profiler can attach first.
+    pub fn ready_then_wait() {
+        let mut out = std::io::stdout();
+        writeln!(out, "ready {}", std::process::id()).unwrap();
+        out.flush().unwrap();
+        wait_for_line();
+    }
+
+    /// Waits for a line on stdin; returns false at end of file.
+    pub fn wait_for_line() -> bool {
+        let mut line = String::new();
+        matches!(std::io::stdin().lock().read_line(&mut line), Ok(n) if n > 0)
+    }
+}
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -214,8 +214,9 @@ fn trace_metadata(kind: ProfileKind, args: &CaptureArgs, run: &WindowRun) -> Met
     metadata
 }
 
-/// Captures the trace `args` names and returns its profile.
-pub async fn capture(args: &CaptureArgs) -> anyhow::Result<Profile> {
+/// Checks that the `--pid` targets exist and returns what a thread's or a
+/// record's context must match: the trace, and the span with `--span`.
+fn trace_filter(args: &CaptureArgs) -> anyhow::Result<impl Fn(&TraceContext) -> bool + Copy> {
     for pid in &args.pid {
         if !procs::exists(*pid) {
             anyhow::bail!("no such process: {pid}");
@@ -223,8 +224,15 @@ pub async fn capture(args: &CaptureArgs) -> anyhow::Result<Profile> {
     }
     let target = args.trace.0;
     let wanted_span = args.span.map(|s| s.0);
-    let of_trace =
-        |ctx: &TraceContext| ctx.trace_id == target && wanted_span.is_none_or(|s| ctx.span_id == s);
+    Ok(move |ctx: &TraceContext| {
+        ctx.trace_id == target && wanted_span.is_none_or(|s| ctx.span_id == s)
+    })
+}
+
+/// Captures the trace `args` names and returns its profile.
+pub async fn capture(args: &CaptureArgs) -> anyhow::Result<Profile> {
+    let of_trace = trace_filter(args)?;
+    let target = args.trace.0;
     let mut sampler = CpuSampler::start(&CpuConfig {
         frequency_hz: args.freq,
         pids: args.pid.clone(),
@@ -296,15 +304,8 @@ pub async fn capture(args: &CaptureArgs) -> anyhow::Result<Profile> {
 /// that start during the capture), recording only allocations made while a
 /// thread serves a trace, and keeps those of this one.
 pub async fn capture_mem(args: &CaptureArgs) -> anyhow::Result<MemProfiles> {
-    for pid in &args.pid {
-        if !procs::exists(*pid) {
-            anyhow::bail!("no such process: {pid}");
-        }
-    }
+    let of_trace = trace_filter(args)?;
     let target = args.trace.0;
-    let wanted_span = args.span.map(|s| s.0);
-    let of_trace =
-        |ctx: &TraceContext| ctx.trace_id == target && wanted_span.is_none_or(|s| ctx.span_id == s);
     let mut tracer = MemTracer::start(&MemConfig {
         pids: args.pid.clone(),
         source: args.mem_source,

@@ -23,10 +23,11 @@
 
 use std::alloc::System;
 use std::hint::black_box;
-use std::io::{BufRead as _, Write as _};
+use std::io::Write as _;
 use std::time::Instant;
 
 use hawk_common::shim::SampledAlloc;
+use hawk_tests::gate;
 
 #[global_allocator]
 static ALLOC: SampledAlloc<System> = SampledAlloc::new(System);
@@ -83,12 +84,6 @@ fn alloc_loop(n: u64) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
-/// Waits for a line on stdin; returns false at end of file.
-fn wait_for_line() -> bool {
-    let mut line = String::new();
-    matches!(std::io::stdin().lock().read_line(&mut line), Ok(n) if n > 0)
-}
-
 fn main() {
     if let Some(bytes) = std::env::var("HAWK_SAMPLE_BYTES")
         .ok()
@@ -98,9 +93,7 @@ fn main() {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut out = std::io::stdout();
-    writeln!(out, "ready {}", std::process::id()).unwrap();
-    out.flush().unwrap();
-    wait_for_line();
+    gate::ready_then_wait();
 
     if let [mode, n] = args.as_slice()
         && mode == "bench"
@@ -125,7 +118,7 @@ fn main() {
     writeln!(out, "skipped {}", ALLOC.skipped_samples()).unwrap();
     writeln!(out, "done").unwrap();
     out.flush().unwrap();
-    if !wait_for_line() {
+    if !gate::wait_for_line() {
         std::thread::sleep(std::time::Duration::from_millis(1500));
     }
     black_box(buffer);

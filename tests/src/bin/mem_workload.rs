@@ -18,8 +18,10 @@
 //! prints `ns_per_op <n>`: the slowdown benchmark of a malloc-heavy loop.
 
 use std::hint::black_box;
-use std::io::{BufRead as _, Write as _};
+use std::io::Write as _;
 use std::time::Instant;
+
+use hawk_tests::gate;
 
 const LEAK_BLOCKS: usize = 32;
 const LEAK_BLOCK_SIZE: usize = 64 * 1024;
@@ -134,18 +136,10 @@ fn malloc_loop(n: u64) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
-/// Waits for a line on stdin; returns false at end of file.
-fn wait_for_line() -> bool {
-    let mut line = String::new();
-    matches!(std::io::stdin().lock().read_line(&mut line), Ok(n) if n > 0)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut out = std::io::stdout();
-    writeln!(out, "ready {}", std::process::id()).unwrap();
-    out.flush().unwrap();
-    wait_for_line();
+    gate::ready_then_wait();
 
     if let [mode, n] = args.as_slice()
         && mode == "bench"
@@ -170,7 +164,7 @@ fn main() {
     writeln!(out, "live {}", leaked + GROW_END + mapped_live).unwrap();
     writeln!(out, "done").unwrap();
     out.flush().unwrap();
-    if !wait_for_line() {
+    if !gate::wait_for_line() {
         // No one to wait for (stdin is empty): stay a moment, so that a
         // profiler polling /proc still finds the process and its maps.
         std::thread::sleep(std::time::Duration::from_millis(1500));
