@@ -108,7 +108,7 @@ fn nightly_llvm_major() -> Result<u32> {
 
 /// Installs the Debian packages that are not installed yet; `apt-get update`
 /// runs only when there is something to install.
-fn apt_install(packages: &[String]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[String]) -> Result<()> {
     let missing: Vec<&String> = packages
         .iter()
         .filter(|package| {

@@ -174,6 +174,21 @@ struct Bench {
 pub fn bench(quick: bool, only: &[u8]) -> Result<()> {
     let run = |section: u8| only.is_empty() || only.contains(&section);
     crate::setup::setup()?;
+    // What the bench compares with: perf (+ inferno, below), bpftrace's
+    // reference programs, memleak-bpfcc and the kernel headers bcc compiles
+    // against (Debian's, of its own kernel: see gated::memleak_kernel_source).
+    // Missing tools only skip their rows, so a failed install is a warning.
+    let tools: Vec<String> = [
+        "linux-perf",
+        "bpftrace",
+        "bpfcc-tools",
+        "linux-headers-amd64",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Err(e) = crate::setup::apt_install(&tools) {
+        println!("warning: {e:#}: the rows that need them are skipped");
+    }
     cmd::run(Command::new("cargo").args([
         "build",
         "--release",
